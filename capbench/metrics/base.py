@@ -1,0 +1,54 @@
+"""What every metric provides, and the helpers metrics share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from capbench.engines.base import Engine
+from capbench.errors import ConfigError
+from capbench.records import Caption, Sample, SampleScore
+
+Judges = Mapping[str, Engine]
+"""Judges by role: ``"text"`` (a text LLM) and, where a metric can use one, ``"vision"``."""
+
+
+class Metric(Protocol):
+    """A caption metric: batched scoring over samples, and a pure summary."""
+
+    name: str
+    higher_is_better: bool
+    value_range: tuple[float, float]
+    #: What the metric needs: "questions", "reference_caption", "reference_facts".
+    needs: frozenset[str]
+    #: Judge roles the metric uses, e.g. ("text",).
+    judge_roles: tuple[str, ...]
+
+    def config(self) -> dict[str, Any]:
+        """Return every setting that changes scores (recorded in the manifest)."""
+        ...
+
+    def prompt_hashes(self) -> dict[str, str]:
+        """Return the SHA-256 of each prompt template the metric uses."""
+        ...
+
+    def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
+        """Score ``captions[i]`` of ``samples[i]`` for every i, in stages of batched judge calls."""
+        ...
+
+    def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
+        """Aggregate per-sample scores into the metric's headline numbers (pure)."""
+        ...
+
+
+def require_judge(judges: Judges, role: str, metric: str) -> Engine:
+    """Return the judge for ``role`` or raise a configuration error that says how to give one."""
+    engine = judges.get(role)
+    if engine is None:
+        raise ConfigError(f"metric {metric!r} needs a {role} judge; pass one with --judge ENGINE:MODEL")
+    return engine
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """Return the arithmetic mean, or None for no values."""
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,260 @@
+"""The nouns of capbench: samples, questions, captions and scores, with JSONL input and output.
+
+Every record is a frozen dataclass with ``to_dict`` / ``from_dict``. Readers validate as they
+go and raise :class:`~capbench.errors.InputError` naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capbench.errors import InputError
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image on disk and the hash of its content (what cache keys use)."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question about an image; ``answer`` is the text of one choice."""
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    answer: str
+    category: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.choices) < 2:
+            raise InputError(f"question {self.id!r} has {len(self.choices)} choice(s); give at least 2")
+        if self.answer not in self.choices:
+            raise InputError(
+                f"question {self.id!r}: answer {self.answer!r} is not one of its choices {list(self.choices)}"
+            )
+
+    @property
+    def answer_index(self) -> int:
+        """Index of the correct choice."""
+        return self.choices.index(self.answer)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Question:
+        """Build from a JSON object."""
+        return cls(
+            id=str(data["id"]),
+            question=str(data["question"]),
+            choices=tuple(str(c) for c in data["choices"]),
+            answer=str(data["answer"]),
+            category=str(data.get("category", "")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {**asdict(self), "choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One benchmark item: an image with its human references and questions."""
+
+    id: str
+    image: ImageRef | None
+    reference_caption: str = ""
+    reference_facts: tuple[str, ...] = ()
+    questions: tuple[Question, ...] = ()
+    domain: str = "default"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A caption of one sample, as produced by a model or read from a file."""
+
+    sample_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CaptionSet:
+    """The captions of one model (or one file) for a benchmark, by sample id."""
+
+    name: str
+    captions: Mapping[str, str]
+    source: str = ""
+
+    def get(self, sample_id: str) -> Caption | None:
+        """Return the caption of ``sample_id``, or None if the set has none."""
+        text = self.captions.get(sample_id)
+        return None if text is None else Caption(sample_id, text)
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """What one metric found for one captioned sample.
+
+    ``values`` holds the sample's numbers (None where nothing could be scored);
+    ``details`` holds the per-judgment records, raw judge replies included;
+    ``unscored`` counts judgments that failed (engine error or unparseable reply).
+    """
+
+    sample_id: str
+    metric: str
+    values: Mapping[str, float | None]
+    details: Mapping[str, Any] = field(default_factory=dict)
+    unscored: int = 0
+    caption_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "sample_id": self.sample_id,
+            "metric": self.metric,
+            "values": dict(self.values),
+            "unscored": self.unscored,
+            "caption_sha256": self.caption_sha256,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SampleScore:
+        """Build from a JSON object written by :meth:`to_dict`."""
+        return cls(
+            sample_id=str(data["sample_id"]),
+            metric=str(data["metric"]),
+            values=dict(data["values"]),
+            details=dict(data.get("details", {})),
+            unscored=int(data.get("unscored", 0)),
+            caption_sha256=str(data.get("caption_sha256", "")),
+        )
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        InputError: the file is missing, a line is not UTF-8, not JSON, or not an object.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file; check the path") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        yield number, _decode_json_line(path, number, line)
+
+
+def _decode_json_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}:{number}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}); fix that line") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def jsonl_line(record: Mapping[str, Any]) -> str:
+    """Serialise one record as a JSONL line (with the newline)."""
+    return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> CaptionSet:
+    """Read a caption set from JSONL records or a JSON ``{"id": "caption"}`` mapping.
+
+    Accepted formats: JSONL lines ``{"id": ..., "caption": ...}``; a JSON object mapping ids to
+    captions (CaptionQA's format); a JSON list of ``{"id", "caption"}`` objects.
+
+    Raises:
+        InputError: unreadable file, bad record, duplicate id, or empty caption; the message
+            names the file, the line or id, and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: caption file not found; pass a JSONL or JSON file of captions")
+    pairs = list(_caption_pairs(path))
+    captions: dict[str, str] = {}
+    where: dict[str, str] = {}
+    empty: list[str] = []
+    for location, sample_id, text in pairs:
+        if sample_id in captions:
+            raise InputError(
+                f"{path}: id {sample_id!r} appears twice ({where[sample_id]} and {location}); keep one caption per id"
+            )
+        if not text.strip():
+            empty.append(sample_id)
+        captions[sample_id] = text
+        where[sample_id] = location
+    if empty:
+        shown = ", ".join(repr(i) for i in empty[:5]) + (" …" if len(empty) > 5 else "")
+        raise InputError(
+            f"{path}: {len(empty)} empty caption(s) ({shown}); give every id a non-empty caption or drop it"
+        )
+    if not captions:
+        raise InputError(f"{path}: no captions found; expected JSONL {{'id', 'caption'}} lines or a JSON mapping")
+    return CaptionSet(name=name or path.stem, captions=captions, source=str(path))
+
+
+def _caption_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
+    """Yield ``(location, id, caption)`` from any accepted caption format."""
+    whole = _whole_json(path)
+    if isinstance(whole, dict) and "id" not in whole:
+        for key, text in whole.items():
+            if not isinstance(text, str):
+                raise InputError(f"{path}: caption of id {key!r} is {type(text).__name__}, expected a string")
+            yield f"key {key!r}", str(key), text
+    elif isinstance(whole, list):
+        for index, obj in enumerate(whole):
+            if not isinstance(obj, dict):
+                raise InputError(
+                    f"{path}: item {index} is {type(obj).__name__}, expected an object with 'id' and 'caption'"
+                )
+            yield f"item {index}", *_caption_record(path, f"item {index}", obj)
+    else:
+        # JSONL (a one-line file holding a single record parses as a whole too).
+        for number, obj in read_jsonl(path):
+            yield f"line {number}", *_caption_record(path, f"line {number}", obj)
+
+
+def _whole_json(path: Path) -> Any:
+    """Return the file parsed as one JSON value, or None if it is JSONL (or not UTF-8)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # the JSONL reader names the line
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix the file") from None
+        return None
+
+
+def _caption_record(path: Path, location: str, obj: Mapping[str, Any]) -> tuple[str, str]:
+    if "id" not in obj or "caption" not in obj:
+        raise InputError(f"{path}: {location} lacks 'id' or 'caption' (keys: {sorted(obj)}); each record needs both")
+    if not isinstance(obj["caption"], str):
+        raise InputError(f"{path}: {location}: 'caption' is {type(obj['caption']).__name__}, expected a string")
+    return str(obj["id"]), obj["caption"]

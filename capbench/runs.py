@@ -1,0 +1,133 @@
+"""Run directories: per-sample score logs that survive a kill, and atomically replaced manifests.
+
+A run lives in ``<results>/<benchmark>/<caption set>/``:
+
+- ``captions.jsonl``: the captions that were scored;
+- ``<metric>.jsonl``: one :class:`~capbench.records.SampleScore` per line, appended and flushed
+  as each batch of samples completes, so a killed run resumes where it stopped;
+- ``manifest.json``: what produced the scores (command, versions, judge fingerprints, prompt
+  hashes, metric settings), each session's timings and judge usage, and the summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from capbench.errors import InputError
+from capbench.records import SampleScore, jsonl_line, read_jsonl
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write records as JSONL, atomically."""
+    atomic_write_text(path, "".join(jsonl_line(r) for r in records))
+
+
+def safe_name(name: str) -> str:
+    """Turn a caption-set or model name into a folder name."""
+    cleaned = _SAFE_NAME.sub("_", name).strip("._")
+    return cleaned or "unnamed"
+
+
+class ScoreLog:
+    """An append-only JSONL file of one metric's per-sample scores."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, SampleScore]:
+        """Return the scores written so far, by sample id, dropping a torn last line."""
+        if not self.path.exists():
+            return {}
+        self._repair_tail()
+        scores: dict[str, SampleScore] = {}
+        for number, obj in read_jsonl(self.path):
+            try:
+                score = SampleScore.from_dict(obj)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError(
+                    f"{self.path}:{number}: not a capbench score record ({exc}); "
+                    "move the file away or rerun with --overwrite"
+                ) from None
+            scores[score.sample_id] = score
+        return scores
+
+    def _repair_tail(self) -> None:
+        """Cut an unterminated last line: what a kill during a write leaves behind."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with self.path.open("r+b") as handle:
+                handle.truncate(keep)
+
+    def append(self, scores: Iterable[SampleScore]) -> None:
+        """Append scores with one write, then flush to disk."""
+        payload = "".join(jsonl_line(s.to_dict()) for s in scores).encode("utf-8")
+        if not payload:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def reset(self) -> None:
+        """Delete the log (for --overwrite)."""
+        self.path.unlink(missing_ok=True)
+
+
+class RunDir:
+    """The folder of one caption set's results on one benchmark."""
+
+    def __init__(self, results_dir: Path, benchmark: str, caption_set: str) -> None:
+        self.path = Path(results_dir) / safe_name(benchmark) / safe_name(caption_set)
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where the manifest lives."""
+        return self.path / "manifest.json"
+
+    def scores(self, metric: str) -> ScoreLog:
+        """Return the score log of ``metric``."""
+        return ScoreLog(self.path / f"{safe_name(metric)}.jsonl")
+
+    def read_manifest(self) -> dict[str, Any]:
+        """Return the manifest, or {} if the run is new."""
+        if not self.manifest_path.exists():
+            return {}
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.manifest_path}: unreadable manifest ({exc}); rerun with --overwrite") from None
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        """Replace the manifest atomically."""
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+    def write_captions(self, captions: Mapping[str, str]) -> None:
+        """Store the captions that were scored."""
+        write_jsonl(self.path / "captions.jsonl", ({"id": k, "caption": v} for k, v in captions.items()))

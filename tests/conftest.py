@@ -1,0 +1,80 @@
+"""Shared fixtures: every test gets its own capbench home, so no state leaks between tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from capbench.engines.base import OnResult, Request, Response
+
+
+@pytest.fixture(autouse=True)
+def capbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point CAPBENCH_HOME at a fresh folder for each test."""
+    home = tmp_path / "capbench-home"
+    monkeypatch.setenv("CAPBENCH_HOME", str(home))
+    return home
+
+
+class ScriptedEngine:
+    """A deterministic in-process engine for unit tests: replies come from a function."""
+
+    backend = "scripted"
+    accepts_images = False
+    supports_loglik = True
+
+    def __init__(self, reply=lambda request: "A", name: str = "scripted") -> None:
+        self.reply = reply
+        self.name = name
+        self.calls: list[Request] = []
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.backend, "model": self.name}
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        out = []
+        for index, request in enumerate(requests):
+            self.calls.append(request)
+            answer = self.reply(request)
+            response = (
+                answer
+                if isinstance(answer, Response)
+                else Response(texts=(answer,), prompt_tokens=10, completion_tokens=1)
+            )
+            out.append(response)
+            if on_result is not None:
+                on_result(index, response)
+        return out
+
+
+@pytest.fixture
+def write_json(tmp_path: Path):
+    """Write an object as JSON (or a list of objects as JSONL) into tmp_path and return the path."""
+
+    def write(name: str, value, jsonl: bool = False) -> Path:
+        path = tmp_path / name
+        if jsonl:
+            path.write_text("".join(json.dumps(v) + "\n" for v in value), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(value), encoding="utf-8")
+        return path
+
+    return write
+
+
+class FixedReplyEngine(ScriptedEngine):
+    """``scripted:REPLY`` from the command line: every request gets the reply REPLY."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(lambda request: model, name=model)
+
+
+@pytest.fixture
+def scripted_cli_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``--judge scripted:REPLY`` available to the CLI in this test."""
+    from capbench import engines
+
+    monkeypatch.setitem(engines.ENGINES, "scripted", ("conftest", "FixedReplyEngine", "test engine"))

@@ -1,0 +1,166 @@
+"""The capbench command: start-up, listing, eval runs and their files, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from capbench import __version__
+from capbench.cli import main
+
+pytestmark = pytest.mark.cli
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "capbench" / "data" / "mini" / "captions"
+
+
+def _run(*args: str, ok: bool = True):
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(main, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["list", "--help"]])
+def test_help_does_not_load_engines(argv):
+    script = (
+        "import sys; from capbench.cli import main\n"
+        f"try: main({argv!r})\nexcept SystemExit: pass\n"
+        "names = ('torch', 'llama_cpp', 'transformers', 'vllm', 'numpy', 'rich')\n"
+        "heavy = sorted(m for m in names if m in sys.modules)\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    assert "Usage:" in out
+
+
+def test_version():
+    assert __version__ in _run("--version").output
+
+
+def test_list_json():
+    info = json.loads(_run("list", "--json").output)
+    [mini] = info["benchmarks"]
+    assert (mini["name"], mini["samples"], mini["questions"]) == ("mini", 18, 252)
+    assert mini["domains"] == ["natural", "science", "document"]
+    assert set(mini["example_captions"]) == {"detailed", "short", "planted_errors"}
+    assert info["metrics"][0]["name"] == "captionqa" and info["metrics"][0]["higher_is_better"] is True
+    assert {e["name"] for e in info["engines"]} >= {"llamacpp", "replay"}
+
+
+def test_list_table():
+    out = _run("list").output
+    assert "mini" in out and "captionqa" in out and "llamacpp" in out
+
+
+def test_eval_json_then_rerun_makes_no_judge_calls(tmp_path: Path, scripted_cli_engine):
+    args = [
+        "eval",
+        "--captions",
+        str(EXAMPLES / "short.jsonl"),
+        "--judge",
+        "scripted:A",
+        "--results-dir",
+        str(tmp_path),
+        "--json",
+    ]
+    first = json.loads(_run(*args).output)
+    [run] = first["runs"]
+    assert run["caption_set"] == "short" and run["samples"] == 18
+    assert run["judge_calls"] == 252 and run["cache_hits"] == 0
+    assert first["answer_mode"] == "letter"
+    summary = run["metrics"]["captionqa"]
+    assert summary["questions"] == 252 and summary["unparsed"] == 0
+    run_dir = tmp_path / "mini" / "short"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["captionqa.jsonl", "captions.jsonl", "manifest.json"]
+    again = json.loads(_run(*args).output)["runs"][0]
+    assert again["judge_calls"] == 0 and again["metrics"] == run["metrics"]
+    fresh = json.loads(_run(*args, "--overwrite").output)["runs"][0]
+    assert fresh["judge_calls"] == 0 and fresh["cache_hits"] == 252 and fresh["metrics"] == run["metrics"]
+
+
+def test_eval_table_for_several_sets(tmp_path: Path, scripted_cli_engine):
+    out = _run(
+        "eval", "--example-captions", "--judge", "scripted:B", "--results-dir", str(tmp_path), "--limit", "2"
+    ).output
+    for name in ("detailed", "short", "planted_errors", "natural", "judge scripted:B"):
+        assert name in out
+
+
+def test_mapping_captions_and_name(tmp_path: Path, scripted_cli_engine):
+    captions = tmp_path / "mine.json"
+    captions.write_text(json.dumps({"moon": "The grey surface of the moon with craters."}))
+    out = json.loads(
+        _run("eval", "-c", str(captions), "--name", "my-model", "--judge", "scripted:A",
+             "--results-dir", str(tmp_path / "r"), "--json").output
+    )  # fmt: skip
+    assert out["runs"][0]["caption_set"] == "my-model" and out["runs"][0]["samples"] == 1
+    assert (tmp_path / "r" / "mini" / "my-model" / "captionqa.jsonl").exists()
+
+
+def test_garbage_judge_is_counted_not_scored(tmp_path: Path, scripted_cli_engine):
+    out = json.loads(
+        _run("eval", "-c", str(EXAMPLES / "short.jsonl"), "--judge", "scripted:no idea",
+             "--results-dir", str(tmp_path), "--limit", "1", "--json").output
+    )  # fmt: skip
+    summary = out["runs"][0]["metrics"]["captionqa"]
+    assert summary["unparsed"] == summary["questions"] > 0
+    assert summary["score"] is None and summary["score_unparsed_as_wrong"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["-c", "missing.jsonl"], "missing.jsonl: caption file not found"),
+        ('{"id": "nat_001", "caption": "x"}\n', ["-c", "{f}"], "are not in benchmark 'mini' ('nat_001')"),
+        ('{"id": "moon", "caption": "x"}\n{"id": "moon", "caption": "y"}\n', ["-c", "{f}"], "'moon' appears twice"),
+        ('{"id": "moon", "caption": " "}\n', ["-c", "{f}"], "empty caption(s) ('moon')"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "-b", "nope"], "unknown benchmark 'nope'"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "--judge", "gpt4"], "is not ENGINE:MODEL"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "--judge", "foo:bar"], "unknown engine 'foo'"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "-m", "bleu"], "unknown metric 'bleu'"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "-c", "{f}", "--name", "x"], "give exactly one --captions"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "-c", "{f}"], "two caption sets are named 'caps'"),
+        (None, [], "nothing to score"),
+        ('{"id": "moon", "caption": "x"}\n', ["-c", "{f}", "--judge", "replay:none.jsonl"], "cassette not found"),
+    ],
+)
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, setup, args, message):
+    caption_file = tmp_path / "caps.jsonl"
+    if setup is not None:
+        caption_file.write_text(setup, encoding="utf-8")
+    argv = ["eval", *[a.replace("{f}", str(caption_file)) for a in args], "--results-dir", str(tmp_path / "results")]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path):
+    result = CliRunner().invoke(main, ["--debug", "eval", "-c", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code != 0 and result.exception is not None
+    assert type(result.exception).__name__ == "InputError"
+
+
+def test_cache_stats_and_clear(tmp_path: Path, scripted_cli_engine):
+    _run(
+        "eval",
+        "-c",
+        str(EXAMPLES / "short.jsonl"),
+        "--judge",
+        "scripted:A",
+        "--results-dir",
+        str(tmp_path),
+        "--limit",
+        "1",
+    )
+    stats = json.loads(_run("cache", "stats", "--json").output)
+    assert stats["entries"] == 15 and stats["engines"][0]["engine"] == "scripted:A"
+    assert "deleted 15 cached responses" in _run("cache", "clear", "--yes").output
+    assert json.loads(_run("cache", "stats", "--json").output)["entries"] == 0
