@@ -158,17 +158,33 @@ def test_unparseable_and_failed_replies_are_unscored_not_wrong():
     assert summary["scored"] == 1 and summary["unparsed"] == 1 and summary["failed"] == 1
 
 
-def test_loglik_mode_picks_the_most_likely_option():
+def test_loglik_mode_picks_the_option_the_caption_raises_most():
     def reply(request):
         options = request.constraint.options
-        # the option naming "two" is most likely per token; a long option's sum is larger but its mean is not
-        logprobs = tuple(-1.0 if "two" in o or "blue" in o or "Yes" in o else -9.0 for o in options)
+        blank = "<description>\n\n</description>" in request.messages[-1].joined_text()
+        # Without the caption the judge prefers "cannot answer" and short answers; the caption
+        # raises the right answers by 3 nats. Raw likelihood would pick "cannot answer"; PMI must not.
+        prior = tuple(-2.0 if o == CANNOT_ANSWER else -6.0 for o in options)
+        lift = tuple(0.0 if blank or not any(w in o for w in ("two", "blue", "Yes")) else 3.0 for o in options)
+        logprobs = tuple(p + d for p, d in zip(prior, lift, strict=True))
         return Response(texts=("",), option_logprobs=logprobs, option_tokens=tuple(1 for _ in options))
 
+    judge = ScriptedEngine(reply)
     [score] = CaptionQA(CaptionQAConfig(answer_mode="loglik")).score(
-        [_sample()], [Caption("s", "cap")], {"text": ScriptedEngine(reply)}
+        [_sample()], [Caption("s", "cap")], {"text": judge}
     )
     assert [r["status"] for r in score.details["questions"]] == ["correct", "correct", "correct"]
+    assert len(judge.calls) == 6  # each question with and without the caption
+    assert all(r.constraint.loglik and "Options" not in r.messages[-1].joined_text() for r in judge.calls)
+    pmi = score.details["questions"][0]["option_scores"]
+    assert sorted(pmi) == [0.0, 0.0, 0.0, 3.0]
+
+
+def test_loglik_without_option_scores_is_a_failure():
+    judge = ScriptedEngine(lambda request: "A")  # a text reply where scores were asked for
+    [score] = CaptionQA(CaptionQAConfig(answer_mode="loglik")).score([_sample()], [Caption("s", "c")], {"text": judge})
+    assert {r["status"] for r in score.details["questions"]} == {"failed"}
+    assert score.details["questions"][0]["error"] == "the judge returned no option scores"
 
 
 def test_loglik_needs_an_engine_that_scores():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,20 @@ def test_cache_stats_and_clear(tmp_path: Path, scripted_cli_engine):
     assert stats["entries"] == 15 and stats["engines"][0]["engine"] == "scripted:A"
     assert "deleted 15 cached responses" in _run("cache", "clear", "--yes").output
     assert json.loads(_run("cache", "stats", "--json").output)["entries"] == 0
+
+
+@pytest.mark.engine
+def test_demo_path_with_the_embedded_judge(tmp_path: Path):
+    """`make demo`'s command, on one image per set, through the installed console script."""
+    script = Path(sys.executable).parent / "capbench"
+    argv = [str(script), "eval", "--benchmark", "mini", "--limit", "1", "--results-dir", str(tmp_path)]
+    for name in ("detailed", "short", "planted_errors"):
+        argv += ["--captions", str(EXAMPLES / f"{name}.jsonl")]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"})
+    assert "CaptionQA on mini" in out.stdout
+    assert "judge llamacpp:smollm2, answer mode loglik" in out.stdout
+    for name in ("detailed", "short", "planted_errors"):
+        manifest = json.loads((tmp_path / "mini" / name / "manifest.json").read_text())
+        assert manifest["status"] == "complete"
+        assert manifest["judges"]["text"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert "judge calls" in out.stderr  # the progress bar went to stderr

@@ -13,8 +13,10 @@ Where we differ from the official code (docs/metrics/captionqa.md says why):
 - each question's option order comes from its own stream, seeded by (seed, sample id,
   question id), so that subsets, resumed runs and caches see the same prompts;
 - prompt wording and the "cannot answer" option text are our own;
-- an optional ``loglik`` answer mode ranks options by log-likelihood for judges too small to
-  follow the one-letter instruction (recorded as ``answer_mode`` in the results).
+- an optional ``loglik`` answer mode, for judges too small to follow the one-letter
+  instruction, ranks the presented options by how much the caption raises the judge's
+  log-likelihood of giving each one as its answer (pointwise mutual information with the
+  caption); it is recorded as ``answer_mode`` in the results.
 """
 
 from __future__ import annotations
@@ -94,9 +96,14 @@ def answer_status(chosen_original: int | None, question: Question) -> Status:
     return "correct" if chosen_original == question.answer_index else "wrong"
 
 
-def normalized_loglik(logprobs: Sequence[float], tokens: Sequence[int]) -> list[float]:
-    """Return each option's mean log-probability per token (longer options are not penalised)."""
-    return [lp / max(1, n) for lp, n in zip(logprobs, tokens, strict=True)]
+def caption_pmi(with_caption: Sequence[float], without_caption: Sequence[float]) -> list[float]:
+    """Return, per option, log p(option | caption, question) - log p(option | question).
+
+    Subtracting what the judge would answer with no caption removes its prior for an option's
+    wording and length (Holtzman et al., 2021, "Surface Form Competition"), so the option the
+    caption supports most wins, and "cannot answer" wins when the caption supports none.
+    """
+    return [a - b for a, b in zip(with_caption, without_caption, strict=True)]
 
 
 def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -151,7 +158,7 @@ class CaptionQAConfig:
     seed: int = 0
     """Seed of the option shuffle."""
     answer_mode: AnswerMode = "letter"
-    """'letter': the judge writes a letter (the protocol); 'loglik': options ranked by likelihood."""
+    """'letter': the judge writes a letter (the protocol); 'loglik': options ranked by caption PMI."""
     max_tokens: int = 4
     """Tokens the judge may write in letter mode (the official default is 4)."""
     temperature: float = 0.0
@@ -168,13 +175,14 @@ class CaptionQAConfig:
 
 @dataclass(frozen=True)
 class _Item:
-    """One question of one captioned sample, ready to ask."""
+    """One question of one captioned sample, ready to ask (with its no-caption twin in loglik mode)."""
 
     sample: Sample
     question: Question
     options: list[str]
     order: list[int]
     request: Request
+    baseline: Request | None = None
 
 
 class CaptionQA:
@@ -188,8 +196,9 @@ class CaptionQA:
 
     def __init__(self, config: CaptionQAConfig | None = None) -> None:
         self.cfg = config or CaptionQAConfig()
-        self._system = load_template("captionqa.system", self.cfg.prompt_dir)
-        self._user = load_template("captionqa.user", self.cfg.prompt_dir)
+        prefix = "captionqa.loglik" if self.cfg.answer_mode == "loglik" else "captionqa"
+        self._system = load_template(f"{prefix}.system", self.cfg.prompt_dir)
+        self._user = load_template(f"{prefix}.user", self.cfg.prompt_dir)
 
     def config(self) -> dict[str, Any]:
         """Return the settings that change scores."""
@@ -203,17 +212,23 @@ class CaptionQA:
         }
 
     def prompt_hashes(self) -> dict[str, str]:
-        """Return the hashes of the two prompt templates."""
+        """Return the hashes of the prompt templates in use."""
         return {t.name: t.sha256 for t in (self._system, self._user)}
 
     def build_request(self, caption: str, question: Question, options: Sequence[str]) -> Request:
-        """Build the judge request for one question: instructions, caption, then the question."""
+        """Build the judge request for one question: instructions, caption, then the question.
+
+        In letter mode the options are listed and the judge writes a letter; in loglik mode the
+        judge is asked the question and each option is scored as its answer.
+        """
         lines = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
-        user = self._user.render(caption=caption, question=question.question, options=lines)
-        messages = (Message.text("system", self._system.render()), Message.text("user", user))
+        fields = {"caption": caption, "question": question.question}
         if self.cfg.answer_mode == "loglik":
-            choice = Choice(tuple(f"{LETTERS[i]}. {text}" for i, text in enumerate(options)), loglik=True)
-            return Request(messages, Sampling(max_tokens=1, temperature=0.0), choice)
+            user = self._user.render(**fields)
+            messages = (Message.text("system", self._system.render()), Message.text("user", user))
+            return Request(messages, Sampling(max_tokens=1, temperature=0.0), Choice(tuple(options), loglik=True))
+        user = self._user.render(**fields, options=lines)
+        messages = (Message.text("system", self._system.render()), Message.text("user", user))
         return Request(messages, Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature))
 
     def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
@@ -225,17 +240,24 @@ class CaptionQA:
                 "Use --answer-mode letter"
             )
         items = [self._item(s, c, q) for s, c in zip(samples, captions, strict=True) for q in s.questions]
-        responses = judge.run([item.request for item in items])
+        baselines = [item.baseline for item in items if item.baseline is not None]
+        responses = judge.run([item.request for item in items] + baselines)
+        answers, no_caption = responses[: len(items)], iter(responses[len(items) :])
         per_sample: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for item, response in zip(items, responses, strict=True):
-            per_sample[item.sample.id].append(self._judgment(item, response))
+        for item, response in zip(items, answers, strict=True):
+            baseline = next(no_caption) if item.baseline is not None else None
+            per_sample[item.sample.id].append(self._judgment(item, response, baseline))
         return [self._sample_score(s, c, per_sample.get(s.id, [])) for s, c in zip(samples, captions, strict=True)]
 
     def _item(self, sample: Sample, caption: Caption, question: Question) -> _Item:
         options, order = presented_options(question, self.cfg.seed, sample.id)
-        return _Item(sample, question, options, order, self.build_request(caption.text, question, options))
+        request = self.build_request(caption.text, question, options)
+        # The no-caption twin does not depend on the caption: one per question, served from the
+        # cache for every further caption set.
+        baseline = self.build_request("", question, options) if self.cfg.answer_mode == "loglik" else None
+        return _Item(sample, question, options, order, request, baseline)
 
-    def _judgment(self, item: _Item, response: Response) -> dict[str, Any]:
+    def _judgment(self, item: _Item, response: Response, baseline: Response | None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "question_id": item.question.id,
             "category": item.question.category,
@@ -243,14 +265,17 @@ class CaptionQA:
             "options": item.options,
             "answer": LETTERS[item.order.index(item.question.answer_index)],
         }
-        if not response.ok:
+        failed = next((r for r in (response, baseline) if r is not None and not r.ok), None)
+        if failed is None and baseline is not None and None in (response.option_logprobs, baseline.option_logprobs):
+            failed = Response(error="the judge returned no option scores")
+        if failed is not None:
             status: Status = "failed"
-            record.update(status=status, score=None, reply=None, error=response.error or "no response")
+            record.update(status=status, score=None, reply=None, error=failed.error or "no response")
             return record
-        if response.option_logprobs is not None:
-            norm = normalized_loglik(response.option_logprobs, response.option_tokens or ())
-            shown = max(range(len(norm)), key=norm.__getitem__)
-            record["option_scores"] = [round(x, 6) for x in norm]
+        if baseline is not None:
+            pmi = caption_pmi(response.option_logprobs or (), baseline.option_logprobs or ())
+            shown: int | None = max(range(len(pmi)), key=pmi.__getitem__)
+            record["option_scores"] = [round(x, 6) for x in pmi]
             record["reply"] = LETTERS[shown]
         else:
             record["reply"] = response.text
