@@ -81,7 +81,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Discard earlier results of these runs instead of resuming.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the judge-call cache.")
-@click.option("--record-judge", type=click.Path(path_type=Path), help="Record the judge's replies to a cassette file.")
+@click.option(
+    "--record-judge",
+    type=click.Path(path_type=Path),
+    help="Record every judge reply to a cassette file (asks the judge even where the cache has the answer).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 def eval_command(**opts: Any) -> None:
     """Score caption sets on a benchmark and write results."""

@@ -70,11 +70,13 @@ def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any])
 def build_judge(spec: str, opts: Mapping[str, Any]) -> CachedEngine:
     """Build the judge engine, with recording and caching as the options ask."""
     engine = build_engine(spec)
-    if opts.get("record_judge"):
+    recording = bool(opts.get("record_judge"))
+    if recording:
         from capbench.engines.replay import RecordingEngine
 
         engine = RecordingEngine(engine, opts["record_judge"])
-    return CachedEngine(engine, None if opts.get("no_cache") else ResponseCache())
+    # A cassette must hold every reply, so recording asks the judge even for cached requests.
+    return CachedEngine(engine, None if opts.get("no_cache") else ResponseCache(), read=not recording)
 
 
 def run(opts: Mapping[str, Any]) -> None:

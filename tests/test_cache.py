@@ -147,3 +147,12 @@ def test_a_file_that_is_not_a_cache(tmp_path: Path):
     path.write_bytes(os.urandom(4096))
     with pytest.raises(ConfigError, match="not a usable capbench cache"):
         ResponseCache(path)
+
+
+def test_write_only_cache_asks_the_engine_every_time(tmp_path: Path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    CachedEngine(ScriptedEngine(), cache).run([_request("a")])
+    engine = ScriptedEngine()
+    recorder_side = CachedEngine(engine, cache, read=False)
+    assert not recorder_side.run([_request("a")])[0].cached
+    assert len(engine.calls) == 1 and cache.stats()["entries"] == 1

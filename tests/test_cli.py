@@ -182,3 +182,13 @@ def test_demo_path_with_the_embedded_judge(tmp_path: Path):
         assert manifest["status"] == "complete"
         assert manifest["judges"]["text"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
     assert "judge calls" in out.stderr  # the progress bar went to stderr
+
+
+def test_recording_with_a_warm_cache_still_records_everything(tmp_path: Path, scripted_cli_engine):
+    base = ["eval", "-c", str(EXAMPLES / "short.jsonl"), "--judge", "scripted:A", "--limit", "2", "--json"]
+    _run(*base, "--results-dir", str(tmp_path / "a"))
+    cassette = tmp_path / "judge.jsonl"
+    _run(*base, "--results-dir", str(tmp_path / "b"), "--record-judge", str(cassette))
+    replayed = json.loads(_run(*base[:3], "--judge", f"replay:{cassette}", "--limit", "2", "--json",
+                               "--results-dir", str(tmp_path / "c")).output)  # fmt: skip
+    assert replayed["runs"][0]["metrics"]["captionqa"]["failed"] == 0

@@ -163,12 +163,14 @@ class CachedEngine:
 
     Requests already in the cache are answered without calling the engine; identical requests
     within one batch are sent once. Each successful response is stored as soon as the engine
-    reports it, so a killed run loses at most the calls in flight.
+    reports it, so a killed run loses at most the calls in flight. With ``read=False`` every
+    request goes to the engine (responses are still stored): what recording a cassette needs.
     """
 
-    def __init__(self, engine: Engine, cache: ResponseCache | None) -> None:
+    def __init__(self, engine: Engine, cache: ResponseCache | None, read: bool = True) -> None:
         self.engine = engine
         self.cache = cache
+        self.read = read
         self.stats = CallStats()
         self._fingerprint = engine.fingerprint()
         self.backend = engine.backend
@@ -185,7 +187,7 @@ class CachedEngine:
         pending: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
             key = request_key(self._fingerprint, request)
-            hit = self.cache.get(key) if self.cache is not None and key not in pending else None
+            hit = self.cache.get(key) if self.cache is not None and self.read and key not in pending else None
             if hit is not None:
                 results[index] = hit
                 self.stats.cache_hits += 1
