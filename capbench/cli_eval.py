@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from capbench.data import BENCHMARKS, Benchmark, load_benchmark
@@ -22,23 +30,29 @@ from capbench.records import CaptionSet, read_caption_file
 
 
 class _RichProgress:
-    """Feeds a rich progress bar with judge requests submitted and completed."""
+    """One progress bar per caption set, counting its judge requests (cached ones included)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.task = progress.add_task("judging", total=0, cached=0)
-        self.cached = 0
+        self.task: TaskID | None = None
+        self.planned = 0
+        self.submitted_total = 0
 
-    def label(self, text: str) -> None:
-        self.progress.update(self.task, description=text)
+    def start(self, caption_set: str, planned: int) -> None:
+        self.planned, self.submitted_total = planned, 0
+        self.task = self.progress.add_task(caption_set, total=planned, cached=0)
 
     def submitted(self, n: int) -> None:
-        total = self.progress.tasks[self.task].total or 0
-        self.progress.update(self.task, total=total + n)
+        # A metric that cannot plan its requests ahead grows the total as it submits them.
+        self.submitted_total += n
+        if self.task is not None and self.submitted_total > self.planned:
+            self.progress.update(self.task, total=self.submitted_total)
 
     def completed(self, cached: bool) -> None:
-        self.cached += cached
-        self.progress.update(self.task, advance=1, cached=self.cached)
+        if self.task is None:
+            return
+        fields = self.progress.tasks[self.task].fields
+        self.progress.update(self.task, advance=1, cached=fields["cached"] + int(cached))
 
 
 def resolve_answer_mode(mode: str, judge_spec: str) -> str:
@@ -97,12 +111,12 @@ def run(opts: Mapping[str, Any]) -> None:
         MofNCompleteColumn(),
         TextColumn("judge calls ({task.fields[cached]} cached)"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=opts["as_json"]) as bar:
         progress = _RichProgress(bar)
         evaluator = Evaluator(benchmark, metrics, {"text": judge}, opts["results_dir"], opts["batch_size"], progress)
         for caption_set in sets:
-            progress.label(f"{caption_set.name}")
             results.append(evaluator.evaluate(caption_set, opts.get("limit"), opts["overwrite"]))
     report = {
         "benchmark": benchmark.name,
@@ -123,36 +137,37 @@ def _fmt(value: float | None) -> str:
 def print_results(
     results: Sequence[RunResult], metrics: Sequence[str], benchmark: Benchmark, judge: str, mode: str
 ) -> None:
-    """Print one table per metric: a row per caption set."""
+    """Print, per metric, a table of headline numbers and one of scores by domain."""
     console = Console()
-    domains = benchmark.domains
     for metric in metrics:
         if metric != "captionqa":
             continue
         table = Table(title=f"CaptionQA on {benchmark.name}", title_justify="left")
-        table.add_column("caption set")
-        table.add_column("score", justify="right", style="bold")
-        for domain in domains:
-            table.add_column(domain, justify="right")
-        for column in ("accuracy", "cannot %", "unscored", "judge calls", "cache hits"):
-            table.add_column(column, justify="right")
+        table.add_column("caption set", no_wrap=True)
+        for column in ("score", "accuracy", "cannot %", "unscored", "judge calls", "cached"):
+            table.add_column(column, justify="right", style="bold" if column == "score" else None)
+        by_domain = Table(title="CaptionQA score by domain", title_justify="left")
+        by_domain.add_column("caption set", no_wrap=True)
+        for domain in benchmark.domains:
+            by_domain.add_column(domain, justify="right")
         for result in results:
             summary = result.summaries[metric]
             table.add_row(
                 result.caption_set,
                 _fmt(summary["score"]),
-                *(_fmt(summary["domains"].get(d, {}).get("score")) for d in domains),
                 _fmt(summary["accuracy"]),
                 _fmt(summary["cannot_answer_rate"]),
                 str(summary["unparsed"] + summary["failed"]),
                 str(result.stats.get("judge_calls", 0)),
                 str(result.stats.get("cache_hits", 0)),
             )
-        table.caption = (
-            f"judge {judge}, answer mode {mode}; score = mean of domain scores (0-100); "
-            f"results in {results[0].path.parent}"
-        )
+            by_domain.add_row(
+                result.caption_set, *(_fmt(summary["domains"].get(d, {}).get("score")) for d in benchmark.domains)
+            )
+        table.caption = f"judge {judge} ({mode} answers); score = mean of domain scores, 0-100"
         console.print(table)
+        console.print(by_domain)
+        console.print(f"results: {results[0].path.parent}")
 
 
 def catalogue() -> dict[str, Any]:

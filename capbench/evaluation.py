@@ -10,7 +10,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +28,11 @@ from capbench.runs import RunDir
 
 
 class Progress(Protocol):
-    """Receives progress: judge requests submitted and completed."""
+    """Receives progress: runs starting, judge requests planned, submitted and completed."""
+
+    def start(self, caption_set: str, planned: int) -> None:
+        """A caption set's run starts; ``planned`` judge requests are expected (0 if unknown)."""
+        ...
 
     def submitted(self, n: int) -> None:
         """``n`` more judge requests were submitted."""
@@ -141,33 +145,37 @@ class Evaluator:
         self.results_dir = Path(results_dir)
         self.batch_size = max(1, batch_size)
         self.command = list(command) if command is not None else list(sys.argv)
+        self.progress = progress
 
-    def evaluate(
-        self,
-        captions: CaptionSet,
-        limit: int | None = None,
-        overwrite: bool = False,
-        on_batch: Callable[[str, int], None] | None = None,
-    ) -> RunResult:
-        """Score one caption set with every metric; resume a matching earlier run unless ``overwrite``."""
+    def evaluate(self, captions: CaptionSet, limit: int | None = None, overwrite: bool = False) -> RunResult:
+        """Score one caption set with every metric; resume a matching earlier run unless ``overwrite``.
+
+        Every check runs before anything is written: a refused run leaves its folder as it was.
+        """
         samples = select_samples(self.benchmark, captions, limit)
         run = RunDir(self.results_dir, self.benchmark.name, captions.name)
         manifest = run.read_manifest()
         configs = {m.name: run_config(self.benchmark.name, m, self.judges) for m in self.metrics}
+        done = {
+            m.name: self._check(run, m, configs[m.name], manifest, samples, captions, overwrite) for m in self.metrics
+        }
+        metric_entries = {k: v for k, v in manifest.get("metrics", {}).items() if not (overwrite and k in done)}
+        sessions = [] if overwrite else list(manifest.get("sessions", []))
+        if overwrite:
+            for metric in self.metrics:
+                run.scores(metric.name).reset()
+        run.write_captions({s.id: captions.captions[s.id] for s in samples})
+        if self.progress is not None:
+            pending = {m.name: [s for s in samples if s.id not in done[m.name]] for m in self.metrics}
+            self.progress.start(captions.name, sum(m.planned_requests(pending[m.name]) for m in self.metrics))
         before = {role: _snapshot(j.stats) for role, j in self.cached_judges.items()}
         started = time.time()
         summaries: dict[str, dict[str, Any]] = {}
         unscored: dict[str, int] = {}
-        resumed: dict[str, int] = {}
-        metric_entries = dict(manifest.get("metrics", {})) if not overwrite else {}
-        sessions = list(manifest.get("sessions", [])) if not overwrite else []
-        run.write_captions({s.id: captions.captions[s.id] for s in samples})
         status = "complete"
         try:
             for metric in self.metrics:
-                done = self._prepare(run, metric, configs[metric.name], manifest, samples, captions, overwrite)
-                resumed[metric.name] = len(done)
-                scores = self._score_pending(run, metric, samples, captions, done, on_batch)
+                scores = self._score_pending(run, metric, samples, captions, dict(done[metric.name]))
                 summaries[metric.name] = metric.summarize(scores)
                 unscored[metric.name] = sum(s.unscored for s in scores)
                 metric_entries[metric.name] = {
@@ -181,18 +189,13 @@ class Evaluator:
             raise
         finally:
             stats = self._session_stats(before)
-            sessions.append(
-                {
-                    "started": _iso(started),
-                    "seconds": round(time.time() - started, 3),
-                    "status": status,
-                    **stats,
-                }
-            )
+            session = {"started": _iso(started), "seconds": round(time.time() - started, 3), "status": status}
+            sessions.append({**session, **stats})
             run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status))
+        resumed = {name: len(scores) for name, scores in done.items()}
         return RunResult(captions.name, run.path, summaries, len(samples), stats, unscored, resumed)
 
-    def _prepare(
+    def _check(
         self,
         run: RunDir,
         metric: Metric,
@@ -202,12 +205,10 @@ class Evaluator:
         captions: CaptionSet,
         overwrite: bool,
     ) -> dict[str, SampleScore]:
-        """Return the scores a matching earlier run already has (after checks), or reset the log."""
-        log = run.scores(metric.name)
+        """Return the scores a matching earlier run already has; refuse to mix incomparable ones."""
         if overwrite:
-            log.reset()
             return {}
-        done = log.load()
+        done = run.scores(metric.name).load()
         previous = manifest.get("metrics", {}).get(metric.name)
         if done and previous is not None and previous.get("config_hash") != content_hash(config):
             raise InputError(
@@ -225,25 +226,16 @@ class Evaluator:
         return done
 
     def _score_pending(
-        self,
-        run: RunDir,
-        metric: Metric,
-        samples: Sequence[Sample],
-        captions: CaptionSet,
-        done: dict[str, SampleScore],
-        on_batch: Callable[[str, int], None] | None,
+        self, run: RunDir, metric: Metric, samples: Sequence[Sample], captions: CaptionSet, done: dict[str, SampleScore]
     ) -> list[SampleScore]:
         """Score samples not yet done, batch by batch, appending each batch as it completes."""
         log = run.scores(metric.name)
         pending = [s for s in samples if s.id not in done]
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
-            batch_captions = [Caption(s.id, captions.captions[s.id]) for s in batch]
-            new = metric.score(batch, batch_captions, self.judges)
+            new = metric.score(batch, [Caption(s.id, captions.captions[s.id]) for s in batch], self.judges)
             log.append(new)
             done.update((s.sample_id, s) for s in new)
-            if on_batch is not None:
-                on_batch(metric.name, len(new))
         return [done[s.id] for s in samples]
 
     def _session_stats(self, before: Mapping[str, dict[str, Any]]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def test_eval_table_for_several_sets(tmp_path: Path, scripted_cli_engine):
     out = _run(
         "eval", "--example-captions", "--judge", "scripted:B", "--results-dir", str(tmp_path), "--limit", "2"
     ).output
-    for name in ("detailed", "short", "planted_errors", "natural", "judge scripted:B"):
+    for name in ("detailed", "short", "planted_errors", "natural", "judge scripted:B (letter answers)"):
         assert name in out
 
 
@@ -176,7 +176,7 @@ def test_demo_path_with_the_embedded_judge(tmp_path: Path):
         argv += ["--captions", str(EXAMPLES / f"{name}.jsonl")]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"})
     assert "CaptionQA on mini" in out.stdout
-    assert "judge llamacpp:smollm2, answer mode loglik" in out.stdout
+    assert "judge llamacpp:smollm2 (loglik answers)" in out.stdout
     for name in ("detailed", "short", "planted_errors"):
         manifest = json.loads((tmp_path / "mini" / name / "manifest.json").read_text())
         assert manifest["status"] == "complete"

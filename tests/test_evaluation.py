@@ -133,3 +133,14 @@ def test_unknown_ids_are_named():
 def test_secrets_are_redacted_from_commands():
     argv = ["capbench", "eval", "--api-key", "sk-123", "--token=abc", "--judge", "x:y"]
     assert redact_command(argv) == ["capbench", "eval", "--api-key", "***", "--token=***", "--judge", "x:y"]
+
+
+def test_a_refused_run_leaves_its_folder_untouched(tmp_path: Path):
+    evaluator, _ = _evaluator(tmp_path)
+    evaluator.evaluate(_detailed(), limit=2)
+    run = tmp_path / "results" / "mini" / "detailed"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    changed = CaptionSet("detailed", {**_detailed().captions, "astronaut": "Something else."}, "x")
+    with pytest.raises(InputError):
+        evaluator.evaluate(changed, limit=2)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

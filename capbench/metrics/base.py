@@ -32,6 +32,10 @@ class Metric(Protocol):
         """Return the SHA-256 of each prompt template the metric uses."""
         ...
 
+    def planned_requests(self, samples: Sequence[Sample]) -> int:
+        """Return how many judge requests scoring ``samples`` will make (0 if unknown ahead)."""
+        ...
+
     def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
         """Score ``captions[i]`` of ``samples[i]`` for every i, in stages of batched judge calls."""
         ...

@@ -231,6 +231,11 @@ class CaptionQA:
         messages = (Message.text("system", self._system.render()), Message.text("user", user))
         return Request(messages, Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature))
 
+    def planned_requests(self, samples: Sequence[Sample]) -> int:
+        """One request per question (two in loglik mode: with and without the caption)."""
+        per_question = 2 if self.cfg.answer_mode == "loglik" else 1
+        return per_question * sum(len(s.questions) for s in samples)
+
     def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
         """Ask every question of every sample in one batch, then score each sample."""
         judge = require_judge(judges, "text", self.name)
