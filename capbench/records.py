@@ -187,8 +187,10 @@ def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> 
             names the file, the line or id, and the fix.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: caption file not found; pass a JSONL or JSON file of captions")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file; pass a JSONL or JSON file of captions")
     pairs = list(_caption_pairs(path))
     captions: dict[str, str] = {}
     where: dict[str, str] = {}
@@ -239,6 +241,8 @@ def _whole_json(path: Path) -> Any:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         return None  # the JSONL reader names the line
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
     if not text.strip():
         return None
     try:

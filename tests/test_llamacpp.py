@@ -92,3 +92,12 @@ def test_too_long_prompt_is_a_counted_failure(engine):
 def test_unknown_model_file():
     with pytest.raises(ConfigError, match="neither a bundled model"):
         build_engine("llamacpp:/no/such/model.gguf")
+
+
+def test_model_loads_only_when_a_request_needs_it():
+    lazy = build_engine("llamacpp:smollm2")
+    assert lazy._llm is None and lazy.fingerprint()["llama_cpp"]
+    lazy.run([])
+    assert lazy._llm is None
+    lazy.run([Request(_ask("Hi"), Sampling(max_tokens=1))])
+    assert lazy._llm is not None

@@ -98,3 +98,8 @@ def test_question_validation():
 def test_sample_score_round_trip():
     score = SampleScore("s1", "captionqa", {"score": 50.0, "accuracy": None}, {"questions": [{"x": 1}]}, 2, "abc")
     assert SampleScore.from_dict(score.to_dict()) == score
+
+
+def test_a_folder_is_not_a_caption_file(tmp_path: Path):
+    with pytest.raises(InputError, match="not a file"):
+        read_caption_file(tmp_path)

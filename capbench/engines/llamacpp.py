@@ -22,6 +22,7 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -65,38 +66,49 @@ class LlamaCppEngine:
     supports_loglik = True
 
     def __init__(self, model: str = "smollm2", n_ctx: int = 4096, n_threads: int | None = None) -> None:
-        try:
-            import llama_cpp
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        except ImportError:
-            raise MissingDependencyError("llama-cpp-python", "embedded", "the llamacpp engine") from None
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise MissingDependencyError("llama-cpp-python", "embedded", "the llamacpp engine")
         self.model_path = resolve_model(model)
         self.n_ctx = n_ctx
-        threads = n_threads or max(1, os.cpu_count() or 1)
-        self.llm = llama_cpp.Llama(
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        stat = self.model_path.stat()
+        self._digest = _file_digest(str(self.model_path), stat.st_size, stat.st_mtime)
+        self._version = metadata.version("llama-cpp-python")
+        self._llm: Any = None  # loaded on the first request: a fully cached run never loads it
+        self._formatter: Any = None
+        self._grammars: dict[str, Any] = {}
+        self._canonical = 0  # leading context tokens computed in whole aligned blocks
+
+    @property
+    def llm(self) -> Any:
+        """The llama.cpp model, loaded on first use."""
+        if self._llm is None:
+            self._load()
+        return self._llm
+
+    def _load(self) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = llama_cpp.Llama(
             model_path=str(self.model_path),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
             logits_all=True,
             verbose=False,
         )
-        template = self.llm.metadata.get("tokenizer.chat_template")
+        template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ConfigError(f"{self.model_path.name} has no chat template in its metadata; use an instruct GGUF")
-        text_of = self.llm._model.token_get_text
+        text_of = llm._model.token_get_text
         self._formatter = Jinja2ChatFormatter(
             template=template,
-            eos_token=text_of(self.llm.token_eos()),
-            bos_token=text_of(self.llm.token_bos()),
-            stop_token_ids=[self.llm.token_eos()],
+            eos_token=text_of(llm.token_eos()),
+            bos_token=text_of(llm.token_bos()),
+            stop_token_ids=[llm.token_eos()],
         )
-        self._grammar_cls = llama_cpp.LlamaGrammar
-        self._version = llama_cpp.__version__
-        stat = self.model_path.stat()
-        self._digest = _file_digest(str(self.model_path), stat.st_size, stat.st_mtime)
-        self._grammars: dict[str, Any] = {}
-        self._canonical = 0  # leading context tokens computed in whole aligned blocks
+        self._llm = llm
 
     def fingerprint(self) -> dict[str, Any]:
         """Backend, model file and hash, llama.cpp version, context size."""
@@ -167,19 +179,22 @@ class LlamaCppEngine:
         return out
 
     def _prompt_tokens(self, request: Request) -> list[int]:
+        llm = self.llm  # loads the model and its chat formatter on first use
         messages = [{"role": m.role, "content": m.joined_text()} for m in request.messages]
         formatted = self._formatter(messages=messages)
-        return self.llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+        return llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
     def _grammar(self, constraint: Choice | JsonSchema | None) -> Any:
         if constraint is None:
             return None
+        from llama_cpp import LlamaGrammar
+
         if isinstance(constraint, Choice):
             source = "root ::= " + " | ".join(_gbnf_string(o) for o in constraint.options)
-            build = self._grammar_cls.from_string
+            build = LlamaGrammar.from_string
         else:
             source = constraint.schema_json
-            build = self._grammar_cls.from_json_schema
+            build = LlamaGrammar.from_json_schema
         if source not in self._grammars:
             self._grammars[source] = build(source, verbose=False)
         return self._grammars[source]
