@@ -51,10 +51,27 @@ def main(ctx: click.Context, debug: bool) -> None:
     type=click.Path(path_type=Path),
     help="Caption file: JSONL {id, caption} lines or a JSON {id: caption} mapping. Repeat for several sets.",
 )
+@click.option(
+    "--images-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the benchmark's images, for benchmarks that do not bundle them (decapbench).",
+)
 @click.option("--example-captions", is_flag=True, help="Also score the example caption sets the benchmark ships.")
 @click.option("--name", help="Name of the caption set (default: the file name); only with one --captions.")
-@click.option("-m", "--metrics", default="captionqa", show_default=True, help="Comma-separated metrics.")
+@click.option(
+    "-m",
+    "--metrics",
+    default="captionqa",
+    show_default=True,
+    help="Comma-separated metrics: captionqa, dcscore, balcap.",
+)
 @click.option("--judge", default=None, help="Text judge as ENGINE:MODEL [default: llamacpp:smollm2, embedded].")
+@click.option(
+    "--vision-judge",
+    default=None,
+    help="Judge that sees the image, for fact verification (ENGINE:MODEL); without one, facts are "
+    "verified against the reference caption alone.",
+)
 @click.option(
     "--answer-mode",
     type=click.Choice(["auto", "letter", "loglik"]),
@@ -63,7 +80,21 @@ def main(ctx: click.Context, debug: bool) -> None:
     help="CaptionQA: judge writes a letter (the protocol), or options ranked by likelihood; "
     "auto = loglik for the embedded judge, letter otherwise.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of CaptionQA's option shuffle.")
+@click.option(
+    "--fact-protocol",
+    type=click.Choice(["auto", "official", "greedy", "embedded"]),
+    default="auto",
+    show_default=True,
+    help="DCScore/balcap judge settings: official (DeCapBench: 3 matching and 3 verification samples), greedy "
+    "(temperature 0, one sample each), embedded (greedy, at most 16 facts); auto = embedded for the embedded "
+    "judge, official otherwise.",
+)
+@click.option(
+    "--prompt-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of prompt templates that replace capbench's own (same file names).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of option shuffles and judge sampling.")
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N samples.")
 @click.option(
     "--batch-size",
@@ -80,7 +111,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     help="Where runs are written: <dir>/<benchmark>/<caption set>/.",
 )
 @click.option("--overwrite", is_flag=True, help="Discard earlier results of these runs instead of resuming.")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the judge-call cache.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Do not read or write the judge-call cache on disk (identical requests within the run are still asked once).",
+)
 @click.option(
     "--record-judge",
     type=click.Path(path_type=Path),

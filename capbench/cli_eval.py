@@ -25,7 +25,7 @@ from capbench.engines import DEFAULT_JUDGE, ENGINES, build_engine
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.errors import ConfigError
 from capbench.evaluation import Evaluator, RunResult
-from capbench.metrics import METRICS, build_metric
+from capbench.metrics import METRICS, Metric, build_metric, config_class
 from capbench.records import CaptionSet, read_caption_file
 
 
@@ -62,6 +62,13 @@ def resolve_answer_mode(mode: str, judge_spec: str) -> str:
     return "loglik" if judge_spec == DEFAULT_JUDGE else "letter"
 
 
+def resolve_fact_protocol(protocol: str, judge_spec: str) -> str:
+    """Resolve 'auto': the embedded judge gets its own bounded settings, every other the official ones."""
+    if protocol != "auto":
+        return protocol
+    return "embedded" if judge_spec == DEFAULT_JUDGE else "official"
+
+
 def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any]) -> list[CaptionSet]:
     """Read every caption set the options name."""
     files = list(opts["caption_files"])
@@ -81,29 +88,55 @@ def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any])
     return sets
 
 
-def build_judge(spec: str, opts: Mapping[str, Any]) -> CachedEngine:
-    """Build the judge engine, with recording and caching as the options ask."""
+def build_judge(spec: str, opts: Mapping[str, Any], cache: ResponseCache, record: bool = True) -> CachedEngine:
+    """Build a judge engine, with recording and caching as the options ask."""
     engine = build_engine(spec)
-    recording = bool(opts.get("record_judge"))
+    recording = record and bool(opts.get("record_judge"))
     if recording:
         from capbench.engines.replay import RecordingEngine
 
         engine = RecordingEngine(engine, opts["record_judge"])
     # A cassette must hold every reply, so recording asks the judge even for cached requests.
-    return CachedEngine(engine, None if opts.get("no_cache") else ResponseCache(), read=not recording)
+    return CachedEngine(engine, cache, read=not recording)
+
+
+def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric], dict[str, str]]:
+    """Build the metrics the options name; return them and the resolved auto settings."""
+    from capbench.metrics.facts import FactConfig
+
+    modes = {
+        "answer_mode": resolve_answer_mode(opts["answer_mode"], judge_spec),
+        "fact_protocol": resolve_fact_protocol(opts["fact_protocol"], judge_spec),
+    }
+    prompt_dir = str(opts["prompt_dir"]) if opts.get("prompt_dir") else None
+    names = [m.strip() for m in opts["metrics"].split(",") if m.strip()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a metric is named twice in --metrics {opts['metrics']!r}")
+    metrics = []
+    for name in names:
+        config = None
+        if name in METRICS and config_class(name) == "FactConfig":
+            config = FactConfig.preset(modes["fact_protocol"], seed=opts["seed"], prompt_dir=prompt_dir)
+        metrics.append(
+            build_metric(name, config, seed=opts["seed"], answer_mode=modes["answer_mode"], prompt_dir=prompt_dir)
+        )
+    return metrics, modes
 
 
 def run(opts: Mapping[str, Any]) -> None:
     """Run ``capbench eval``."""
     console = Console(stderr=True)
-    benchmark = load_benchmark(opts["benchmark"])
-    sets = caption_sets(opts, benchmark.example_captions)
     spec = opts.get("judge") or DEFAULT_JUDGE
-    mode = resolve_answer_mode(opts["answer_mode"], spec)
-    names = [m.strip() for m in opts["metrics"].split(",") if m.strip()]
-    metrics = [build_metric(n, seed=opts["seed"], answer_mode=mode) for n in names]
+    metrics, modes = build_metrics(opts, spec)
+    benchmark = load_benchmark(
+        opts["benchmark"], with_images=bool(opts.get("vision_judge")), images_dir=opts.get("images_dir")
+    )
+    sets = caption_sets(opts, benchmark.example_captions)
+    cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
     with console.status(f"loading judge {spec}"):
-        judge = build_judge(spec, opts)
+        judges = {"text": build_judge(spec, opts, cache)}
+        if opts.get("vision_judge"):
+            judges["vision"] = build_judge(opts["vision_judge"], opts, cache, record=False)
     results: list[RunResult] = []
     columns = (
         TextColumn("{task.description}"),
@@ -115,59 +148,87 @@ def run(opts: Mapping[str, Any]) -> None:
     )
     with Progress(*columns, console=console, transient=opts["as_json"]) as bar:
         progress = _RichProgress(bar)
-        evaluator = Evaluator(benchmark, metrics, {"text": judge}, opts["results_dir"], opts["batch_size"], progress)
+        evaluator = Evaluator(benchmark, metrics, judges, opts["results_dir"], opts["batch_size"], progress)
         for caption_set in sets:
             results.append(evaluator.evaluate(caption_set, opts.get("limit"), opts["overwrite"]))
     report = {
         "benchmark": benchmark.name,
-        "judge": judge.fingerprint(),
-        "answer_mode": mode,
+        "judges": {role: judge.fingerprint() for role, judge in judges.items()},
+        **modes,
         "runs": [r.to_dict() for r in results],
     }
     if opts["as_json"]:
         click.echo(json.dumps(report, indent=2))
         return
-    print_results(results, names, benchmark, spec, mode)
+    print_results(results, [m.name for m in metrics], benchmark, spec, modes)
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+#: Per metric: table title, then (column, summary key) pairs; "failed" columns count images.
+_COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "captionqa": ("CaptionQA", [("score", "score"), ("accuracy", "accuracy"), ("cannot %", "cannot_answer_rate")]),
+    "dcscore": ("DCScore", [("DCScore", "score"), ("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
+                            ("F1 descr.", "f1_descriptive")]),
+    "balcap": ("BalCapRL", [("b-CapScore", "score"), ("precision", "precision"), ("recall", "recall"),
+                            ("linguistic", "linguistic")]),
+}  # fmt: skip
+
+
 def print_results(
-    results: Sequence[RunResult], metrics: Sequence[str], benchmark: Benchmark, judge: str, mode: str
+    results: Sequence[RunResult], metrics: Sequence[str], benchmark: Benchmark, judge: str, modes: Mapping[str, str]
 ) -> None:
-    """Print, per metric, a table of headline numbers and one of scores by domain."""
+    """Print a table per metric, CaptionQA's scores by domain, and the judges' usage."""
     console = Console()
     for metric in metrics:
-        if metric != "captionqa":
-            continue
-        table = Table(title=f"CaptionQA on {benchmark.name}", title_justify="left")
+        title, columns = _COLUMNS[metric]
+        table = Table(title=f"{title} on {benchmark.name}", title_justify="left")
         table.add_column("caption set", no_wrap=True)
-        for column in ("score", "accuracy", "cannot %", "unscored", "judge calls", "cached"):
-            table.add_column(column, justify="right", style="bold" if column == "score" else None)
-        by_domain = Table(title="CaptionQA score by domain", title_justify="left")
-        by_domain.add_column("caption set", no_wrap=True)
-        for domain in benchmark.domains:
-            by_domain.add_column(domain, justify="right")
+        for index, (label, _) in enumerate(columns):
+            table.add_column(label, justify="right", style="bold" if index == 0 else None)
+        table.add_column("unscored", justify="right")
+        if metric != "captionqa":
+            table.add_column("verified by", justify="right")
         for result in results:
             summary = result.summaries[metric]
-            table.add_row(
-                result.caption_set,
-                _fmt(summary["score"]),
-                _fmt(summary["accuracy"]),
-                _fmt(summary["cannot_answer_rate"]),
-                str(summary["unparsed"] + summary["failed"]),
-                str(result.stats.get("judge_calls", 0)),
-                str(result.stats.get("cache_hits", 0)),
-            )
-            by_domain.add_row(
-                result.caption_set, *(_fmt(summary["domains"].get(d, {}).get("score")) for d in benchmark.domains)
-            )
-        table.caption = f"judge {judge} ({mode} answers); score = mean of domain scores, 0-100"
+            row = [result.caption_set, *(_fmt(summary[key]) for _, key in columns)]
+            if metric == "captionqa":
+                row.append(str(summary["unparsed"] + summary["failed"]))
+            else:
+                row += [str(summary["failed"]), "+".join(summary["verify_mode"])]
+            table.add_row(*row)
+        table.caption = _caption(metric, judge, modes)
         console.print(table)
-        console.print(by_domain)
-        console.print(f"results: {results[0].path.parent}")
+        if metric == "captionqa":
+            console.print(_domain_table(results, benchmark))
+    usage = Table("caption set", "judge calls", "cached", "prompt tok.", "output tok.", title="Judge usage",
+                  title_justify="left")  # fmt: skip
+    for result in results:
+        stats = result.stats
+        usage.add_row(result.caption_set, *(str(stats.get(k, 0)) for k in
+                      ("judge_calls", "cache_hits", "prompt_tokens", "completion_tokens")))  # fmt: skip
+    console.print(usage)
+    console.print(f"results: {results[0].path.parent}")
+
+
+def _caption(metric: str, judge: str, modes: Mapping[str, str]) -> str:
+    if metric == "captionqa":
+        return f"judge {judge} ({modes['answer_mode']} answers); score = mean of domain scores, 0-100"
+    verified = "; 'reference': facts checked against the reference caption only (no vision judge)"
+    return f"judge {judge} ({modes['fact_protocol']} protocol); 0-100; unscored = images left out{verified}"
+
+
+def _domain_table(results: Sequence[RunResult], benchmark: Benchmark) -> Table:
+    table = Table(title="CaptionQA score by domain", title_justify="left")
+    table.add_column("caption set", no_wrap=True)
+    for domain in benchmark.domains:
+        table.add_column(domain, justify="right")
+    for result in results:
+        domains = result.summaries["captionqa"]["domains"]
+        table.add_row(result.caption_set, *(_fmt(domains.get(d, {}).get("score")) for d in benchmark.domains))
+    return table
 
 
 def catalogue() -> dict[str, Any]:

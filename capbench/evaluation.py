@@ -20,7 +20,7 @@ from capbench import __version__
 from capbench.data import Benchmark
 from capbench.engines.base import Engine, OnResult, Request, Response
 from capbench.engines.cache import CachedEngine, CallStats
-from capbench.errors import InputError
+from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash, sha256_text
 from capbench.metrics.base import Metric
 from capbench.records import Caption, CaptionSet, Sample, SampleScore
@@ -112,6 +112,21 @@ def select_samples(benchmark: Benchmark, captions: CaptionSet, limit: int | None
     return chosen[:limit] if limit is not None else chosen
 
 
+def check_needs(benchmark: Benchmark, metrics: Sequence[Metric]) -> None:
+    """Refuse metrics whose inputs the benchmark lacks, before any judge is called."""
+    for metric in metrics:
+        if "questions" in metric.needs and not any(s.questions for s in benchmark.samples):
+            raise ConfigError(
+                f"metric {metric.name!r} needs multiple-choice questions; benchmark {benchmark.name!r} has none"
+            )
+        if "reference_caption" in metric.needs and not all(
+            s.reference_caption.strip() or s.reference_facts for s in benchmark.samples
+        ):
+            raise ConfigError(
+                f"metric {metric.name!r} needs reference captions or facts; samples of {benchmark.name!r} lack both"
+            )
+
+
 def run_config(benchmark: str, metric: Metric, judges: Mapping[str, Engine]) -> dict[str, Any]:
     """Return everything that, if changed, makes stored scores of ``metric`` incomparable."""
     return {
@@ -136,6 +151,7 @@ class Evaluator:
         progress: Progress | None = None,
         command: Sequence[str] | None = None,
     ) -> None:
+        check_needs(benchmark, metrics)
         self.benchmark = benchmark
         self.metrics = list(metrics)
         self.cached_judges = dict(judges)

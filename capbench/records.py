@@ -217,7 +217,7 @@ def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> 
 def _caption_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
     """Yield ``(location, id, caption)`` from any accepted caption format."""
     whole = _whole_json(path)
-    if isinstance(whole, dict) and "id" not in whole:
+    if isinstance(whole, dict) and not any(k in whole for k in _ID_KEYS):
         for key, text in whole.items():
             if not isinstance(text, str):
                 raise InputError(f"{path}: caption of id {key!r} is {type(text).__name__}, expected a string")
@@ -256,9 +256,14 @@ def _whole_json(path: Path) -> Any:
         return None
 
 
+_ID_KEYS = ("id", "image_id", "image_path", "image_name")
+
+
 def _caption_record(path: Path, location: str, obj: Mapping[str, Any]) -> tuple[str, str]:
-    if "id" not in obj or "caption" not in obj:
+    """Read one record; its id may be under 'id' or, as DeCapBench writes it, 'image_path'."""
+    key = next((k for k in _ID_KEYS if k in obj), None)
+    if key is None or "caption" not in obj:
         raise InputError(f"{path}: {location} lacks 'id' or 'caption' (keys: {sorted(obj)}); each record needs both")
     if not isinstance(obj["caption"], str):
         raise InputError(f"{path}: {location}: 'caption' is {type(obj['caption']).__name__}, expected a string")
-    return str(obj["id"]), obj["caption"]
+    return str(obj[key]), obj["caption"]

@@ -46,11 +46,14 @@ def test_version():
 
 def test_list_json():
     info = json.loads(_run("list", "--json").output)
-    [mini] = info["benchmarks"]
+    mini = next(b for b in info["benchmarks"] if b["name"] == "mini")
+    decapbench = next(b for b in info["benchmarks"] if b["name"] == "decapbench")
+    assert (decapbench["samples"], decapbench["questions"]) == (400, 0)
     assert (mini["name"], mini["samples"], mini["questions"]) == ("mini", 18, 252)
     assert mini["domains"] == ["natural", "science", "document"]
     assert set(mini["example_captions"]) == {"detailed", "short", "planted_errors"}
-    assert info["metrics"][0]["name"] == "captionqa" and info["metrics"][0]["higher_is_better"] is True
+    assert [m["name"] for m in info["metrics"]] == ["captionqa", "dcscore", "balcap"]
+    assert all(m["higher_is_better"] for m in info["metrics"])
     assert {e["name"] for e in info["engines"]} >= {"llamacpp", "replay"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from capbench.records import Sample
 #: Benchmark name -> (module with a ``load(with_images, **options)`` function, description).
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "mini": ("capbench.data.mini", "capbench-mini: 18 real photographs bundled with capbench (offline)"),
+    "decapbench": ("capbench.data.decapbench", "DeCapBench: 400 IIW images with human reference facts (DCScore)"),
 }
 
 
@@ -43,8 +45,18 @@ class Benchmark:
 
 
 def load_benchmark(name: str, with_images: bool = False, **options: object) -> Benchmark:
-    """Load benchmark ``name``; images are resolved only when ``with_images`` is set."""
+    """Load benchmark ``name``; images are resolved only when ``with_images`` is set.
+
+    ``options`` go to the benchmark's loader where it takes them (e.g. ``images_dir``); options
+    set to None are dropped.
+    """
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; choose one of: {', '.join(sorted(BENCHMARKS))}")
     module = importlib.import_module(BENCHMARKS[name][0])
-    return module.load(with_images=with_images, **options)
+    accepted = inspect.signature(module.load).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(k for k in given if k not in accepted)
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ConfigError(f"benchmark {name!r} takes no {flags}")
+    return module.load(with_images=with_images, **given)

@@ -16,19 +16,41 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "CaptionQAConfig",
         "multiple-choice questions answered from the caption alone (CaptionQA)",
     ),
+    "dcscore": (
+        "capbench.metrics.dcscore",
+        "DCScore",
+        "FactConfig",
+        "precision and recall of the caption's atomic facts against human facts (DeCapBench)",
+    ),
+    "balcap": (
+        "capbench.metrics.balcap",
+        "BalCap",
+        "FactConfig",
+        "BalCapRL rewards: pointable precision, reference recall, linguistic quality; b-CapScore",
+    ),
 }
 
 
-def build_metric(name: str, **options: Any) -> Metric:
-    """Build metric ``name``; ``options`` are fields of its config dataclass."""
+def build_metric(name: str, config: Any = None, **options: Any) -> Metric:
+    """Build metric ``name`` from a config object, or from ``options`` (fields of its config class).
+
+    Options that are not fields of the metric's config are ignored, so one set of command-line
+    options can configure several metrics.
+    """
     if name not in METRICS:
         raise ConfigError(f"unknown metric {name!r}; choose from: {', '.join(sorted(METRICS))}")
     module_name, class_name, config_name, _ = METRICS[name]
     module = importlib.import_module(module_name)
-    config_cls = getattr(module, config_name)
-    known = set(config_cls.__dataclass_fields__)
-    config = config_cls(**{k: v for k, v in options.items() if k in known and v is not None})
+    if config is None:
+        config_cls = getattr(module, config_name)
+        known = set(config_cls.__dataclass_fields__)
+        config = config_cls(**{k: v for k, v in options.items() if k in known and v is not None})
     return getattr(module, class_name)(config)
+
+
+def config_class(name: str) -> str:
+    """Return the name of the config class of metric ``name``."""
+    return METRICS[name][2]
 
 
 __all__ = ["METRICS", "Judges", "Metric", "build_metric"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -58,3 +61,112 @@ def _match_option_text(text: str, options: Sequence[str]) -> int | None:
 
 def _fold(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*([\]}])")
+_PY_LITERALS = re.compile(r"\b(?:null|true|false)\b")
+_PY_NAMES = {"null": "None", "true": "True", "false": "False"}
+
+
+def parse_json(reply: str, truncated: bool = False) -> Any:
+    """Return the JSON value a judge reply holds, or None if it holds none.
+
+    Tolerates what judges write around JSON: code fences, prose before and after, a reasoning
+    block, trailing commas, single quotes and Python literals (True, None). With ``truncated``
+    (the reply hit its token limit), a cut-off value is closed after its last complete element.
+    """
+    text = _THINK_END.split(reply)[-1].strip()
+    if truncated:
+        start = min((i for i in (text.find("{"), text.find("[")) if i != -1), default=-1)
+        closed = _close_truncated(text[start:]) if start != -1 else None
+        value = _loads_lenient(closed) if closed else None
+        if value is not None:
+            return value
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    for candidate in candidates:
+        for chunk in _json_chunks(candidate):
+            value = _loads_lenient(chunk)
+            if value is not None:
+                return value
+    return None
+
+
+def _close_truncated(text: str) -> str | None:
+    """Cut ``text`` after its last complete element and close the brackets still open."""
+    stack: list[str] = []
+    quote, escaped = False, False
+    cut: tuple[int, list[str]] | None = None
+    for index, char in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quote = False
+            continue
+        if char == '"':
+            quote = True
+        elif char in "[{":
+            stack.append("]" if char == "[" else "}")
+        elif char in "]}":
+            if not stack:
+                return None
+            stack.pop()
+            if stack and stack[-1] == "]":
+                cut = (index + 1, list(stack))  # an element of an open list just ended
+    if cut is None:
+        return None
+    end, still_open = cut
+    return text[:end] + "".join(reversed(still_open))
+
+
+def _json_chunks(text: str) -> list[str]:
+    """Return the text itself, then each balanced {...} or [...] span in it, longest first."""
+    spans = []
+    for opener, closer in (("{", "}"), ("[", "]")):
+        start = text.find(opener)
+        while start != -1:
+            end = _balanced_end(text, start, opener, closer)
+            if end != -1:
+                spans.append(text[start : end + 1])
+            start = text.find(opener, start + 1)
+    return [text.strip(), *sorted(set(spans), key=len, reverse=True)]
+
+
+def _balanced_end(text: str, start: int, opener: str, closer: str) -> int:
+    depth, quote, escaped = 0, "", False
+    for index in range(start, len(text)):
+        char = text[index]
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == opener:
+            depth += 1
+        elif char == closer:
+            depth -= 1
+            if depth == 0:
+                return index
+    return -1
+
+
+def _loads_lenient(chunk: str) -> Any:
+    if not chunk or chunk[0] not in "[{":
+        return None
+    cleaned = _TRAILING_COMMA.sub(r"\1", chunk)
+    try:
+        return json.loads(cleaned)
+    except json.JSONDecodeError:
+        pass
+    try:
+        value = ast.literal_eval(_PY_LITERALS.sub(lambda m: _PY_NAMES[m.group(0)], cleaned))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, (list, dict)) else None

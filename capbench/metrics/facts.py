@@ -1,0 +1,451 @@
+"""The shared fact pipeline behind DCScore and the BalCapRL rewards.
+
+Stages, each one batched ``engine.run`` over all items:
+
+1. *decompose* each caption into atomic facts (object identifier, descriptive flag), and, for
+   samples without human reference facts, their reference caption too; *rate* each caption's
+   writing (clarity, fluency, coherence) in the same batch when asked;
+2. *match* each caption fact to one reference fact or none, and *verify* each caption fact
+   (correct? pointable?) from the reference caption, and the image when a vision judge is
+   given.
+
+Every metric that needs facts calls the same stages with the same requests, so a caption
+decomposed for DCScore is not decomposed again for BalCapRL: the judge-call cache answers.
+Replies are parsed tolerantly; a reply that cannot be read is kept with its raw text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from capbench.engines.base import Engine, ImagePart, JsonSchema, Message, Request, Response, Sampling, TextPart
+from capbench.errors import ConfigError
+from capbench.metrics.base import Judges, require_judge
+from capbench.metrics.parsing import parse_json
+from capbench.metrics.templates import load_template
+from capbench.records import Sample
+
+RATINGS = ("clarity", "fluency", "coherence")
+_TRUE = {True, "1", "true", "yes", "correct", "True", "Yes"}
+_FALSE = {False, "0", "false", "no", "incorrect", "False", "No"}
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One atomic fact of a caption."""
+
+    text: str
+    object: str = ""
+    descriptive: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"fact": self.text, "object": self.object, "descriptive": self.descriptive}
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """One verification sample: per fact, correct and pointable."""
+
+    correct: tuple[bool, ...]
+    pointable: tuple[bool, ...]
+
+
+@dataclass
+class FactJudgments:
+    """Everything the judges said about one captioned sample."""
+
+    facts: tuple[Fact, ...] | None = None
+    references: tuple[str, ...] = ()
+    verdicts: list[Verdicts] = field(default_factory=list)
+    matches: list[tuple[int | None, ...]] = field(default_factory=list)
+    ratings: dict[str, int] | None = None
+    verify_mode: str = "reference"
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, need_linguistic: bool = False) -> str | None:
+        """Why this sample cannot be scored, or None."""
+        if self.facts is None:
+            return "decomposition failed"
+        if not self.references:
+            return "no reference facts"
+        if not self.verdicts:
+            return "every verification failed"
+        if not self.matches:
+            return "every matching failed"
+        if need_linguistic and self.ratings is None:
+            return "linguistic rating failed"
+        return None
+
+    def log(self) -> dict[str, Any]:
+        """Return what the judges said, for the per-sample details."""
+        return {
+            "facts": [f.to_dict() for f in self.facts or ()],
+            "verify_mode": self.verify_mode,
+            "verdicts": [{"correct": list(v.correct), "pointable": list(v.pointable)} for v in self.verdicts],
+            "matches": [[None if m is None else m + 1 for m in sample] for sample in self.matches],
+            "ratings": self.ratings,
+            "failures": self.failures,
+        }
+
+
+@dataclass(frozen=True)
+class FactConfig:
+    """Judge settings of the fact pipeline (defaults follow DeCapBench's released protocol)."""
+
+    decompose_temperature: float = 1.0
+    """Sampling temperature of the decomposition (one sample)."""
+    match_samples: int = 3
+    """Matching samples per caption."""
+    match_temperature: float = 1.0
+    """Sampling temperature of the matching."""
+    verify_samples: int = 3
+    """Verification samples per caption."""
+    verify_temperature: float = 0.3
+    """Sampling temperature of the verification."""
+    rating_temperature: float = 0.0
+    """Sampling temperature of the linguistic rating."""
+    max_tokens: int = 2000
+    """Most tokens a judge may write per reply."""
+    max_facts: int | None = None
+    """Most facts a decomposition may list (enforced by the JSON schema), or None for no limit."""
+    seed: int = 0
+    """Sampling seed (sample i of n uses seed + i where the engine supports seeds)."""
+    prompt_dir: str | None = None
+    """Folder of replacement prompt templates (same file names), or None for ours."""
+
+    def __post_init__(self) -> None:
+        if self.match_samples < 1 or self.verify_samples < 1:
+            raise ConfigError("match_samples and verify_samples must be at least 1")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> FactConfig:
+        """Return a named protocol: 'official' (DeCapBench's settings), 'greedy' or 'embedded'.
+
+        'greedy': temperature 0 and one sample per stage (deterministic, three times cheaper).
+        'embedded': greedy with at most 16 facts and 512 tokens a reply, for the embedded
+        135M judge, which repeats itself until it runs out of tokens.
+        """
+        greedy = {
+            "decompose_temperature": 0.0, "match_samples": 1, "match_temperature": 0.0,
+            "verify_samples": 1, "verify_temperature": 0.0,
+        }  # fmt: skip
+        presets = {"official": {}, "greedy": greedy, "embedded": {**greedy, "max_facts": 16, "max_tokens": 512}}
+        if name not in presets:
+            raise ConfigError(f"unknown fact protocol {name!r}; choose one of: {', '.join(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    def settings(self) -> dict[str, Any]:
+        """Return the settings that change judgments (for manifests and resume checks)."""
+        return {k: v for k, v in self.__dict__.items() if k != "prompt_dir"}
+
+
+def _schema_decompose(max_facts: int | None) -> dict[str, Any]:
+    item = {
+        "type": "object",
+        "properties": {
+            "fact": {"type": "string", "minLength": 1, "maxLength": 300},
+            "object": {"type": "string", "maxLength": 40},
+            "descriptive": {"type": "boolean"},
+        },
+        "required": ["fact", "object", "descriptive"],
+    }
+    array: dict[str, Any] = {"type": "array", "items": item, "minItems": 1}
+    if max_facts is not None:
+        array["maxItems"] = max_facts
+    return {"type": "object", "properties": {"facts": array}, "required": ["facts"]}
+
+
+def _schema_list(key: str, item: dict[str, Any], count: int) -> dict[str, Any]:
+    array = {"type": "array", "items": item, "minItems": count, "maxItems": count}
+    return {"type": "object", "properties": {key: array}, "required": [key]}
+
+
+_VERDICT = {
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "correct": {"type": "boolean"}, "pointable": {"type": "boolean"}},
+    "required": ["id", "correct", "pointable"],
+}
+_MATCH = {
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "reference": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+    "required": ["id", "reference"],
+}
+_RATINGS = {
+    "type": "object",
+    "properties": {name: {"type": "integer", "enum": list(range(1, 11))} for name in RATINGS},
+    "required": list(RATINGS),
+}
+
+
+class FactPipeline:
+    """Builds, sends and parses the fact stages for a batch of captioned samples."""
+
+    STAGES = ("decompose", "verify", "match", "linguistic")
+
+    def __init__(self, config: FactConfig | None = None) -> None:
+        self.cfg = config or FactConfig()
+        self.templates = {
+            (stage, part): load_template(f"facts.{stage}.{part}", self.cfg.prompt_dir)
+            for stage in self.STAGES
+            for part in ("system", "user")
+        }
+        # One worked example, given as a previous turn of the conversation.
+        for part in ("example_caption", "example_answer"):
+            self.templates[("decompose", part)] = load_template(f"facts.decompose.{part}", self.cfg.prompt_dir)
+
+    def prompt_hashes(self, stages: Sequence[str]) -> dict[str, str]:
+        """Return the hashes of the templates the given stages use (decomposition always)."""
+        wanted = {"decompose", *stages}
+        return {t.name: t.sha256 for (stage, _), t in self.templates.items() if stage in wanted}
+
+    # ------------------------------------------------------------ requests
+
+    def _messages(self, stage: str, image: ImagePart | None = None, **fields: str) -> tuple[Message, ...]:
+        system = self.templates[(stage, "system")].render()
+        user = self.templates[(stage, "user")].render(**fields)
+        parts = ((image,) if image is not None else ()) + (TextPart(user),)
+        return (Message.text("system", system), Message("user", parts))
+
+    def _sampling(self, temperature: float, n: int = 1) -> Sampling:
+        return Sampling(max_tokens=self.cfg.max_tokens, temperature=temperature, seed=self.cfg.seed, n=n)
+
+    def decompose_request(self, text: str) -> Request:
+        """Ask for the atomic facts of one caption, after one worked example."""
+        example = self.templates[("decompose", "example_caption")].render()
+        system, example_user = self._messages("decompose", caption=example)
+        answer = Message.text("assistant", self.templates[("decompose", "example_answer")].render())
+        return Request(
+            (system, example_user, answer, self._messages("decompose", caption=text)[1]),
+            self._sampling(self.cfg.decompose_temperature),
+            JsonSchema.of(_schema_decompose(self.cfg.max_facts)),
+        )
+
+    def rating_request(self, text: str) -> Request:
+        """Ask for clarity, fluency and coherence ratings of one caption."""
+        return Request(
+            self._messages("linguistic", caption=text),
+            self._sampling(self.cfg.rating_temperature),
+            JsonSchema.of(_RATINGS),
+        )
+
+    def verify_request(self, sample: Sample, facts: Sequence[Fact], with_image: bool) -> Request:
+        """Ask whether each fact is correct and pointable."""
+        image = ImagePart(sample.image) if with_image and sample.image is not None else None
+        statements = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
+        return Request(
+            self._messages("verify", image, reference=sample.reference_caption, statements=statements),
+            self._sampling(self.cfg.verify_temperature, self.cfg.verify_samples),
+            JsonSchema.of(_schema_list("verdicts", _VERDICT, len(facts))),
+        )
+
+    def match_request(self, facts: Sequence[Fact], references: Sequence[str]) -> Request:
+        """Ask which reference fact, if any, each caption fact matches."""
+        listing = "\n".join(f"{i}. {text}" for i, text in enumerate(references, start=1))
+        caption_facts = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
+        return Request(
+            self._messages("match", reference_facts=listing, facts=caption_facts),
+            self._sampling(self.cfg.match_temperature, self.cfg.match_samples),
+            JsonSchema.of(_schema_list("matches", _MATCH, len(facts))),
+        )
+
+    # ------------------------------------------------------------ the stages
+
+    def run(
+        self, samples: Sequence[Sample], captions: Sequence[str], judges: Judges, linguistic: bool = False
+    ) -> list[FactJudgments]:
+        """Run every stage for ``captions[i]`` of ``samples[i]``; return what the judges said."""
+        text_judge = require_judge(judges, "text", "fact pipeline")
+        vision = judges.get("vision")
+        if vision is not None and not vision.accepts_images:
+            raise ConfigError(f"the vision judge ({vision.backend}) cannot read images; choose one that can")
+        out = [FactJudgments(verify_mode="image" if vision is not None else "reference") for _ in samples]
+        self._first_stage(samples, captions, text_judge, out, linguistic)
+        self._second_stage(samples, text_judge, vision, out)
+        return out
+
+    def _first_stage(
+        self, samples: Sequence[Sample], captions: Sequence[str], judge: Engine, out: list[FactJudgments], rate: bool
+    ) -> None:
+        """Decompose captions (and references that have no facts), and rate the writing."""
+        need_refs = [i for i, s in enumerate(samples) if not s.reference_facts and s.reference_caption.strip()]
+        requests = [self.decompose_request(c) for c in captions]
+        requests += [self.decompose_request(samples[i].reference_caption) for i in need_refs]
+        requests += [self.rating_request(c) for c in captions] if rate else []
+        replies = iter(judge.run(requests))
+        for judgment, reply in zip(out, _take(replies, len(captions)), strict=True):
+            judgment.facts = self._parse_facts(reply, judgment.failures, "decompose")
+        decomposed_refs = dict(zip(need_refs, _take(replies, len(need_refs)), strict=True))
+        for i, sample in enumerate(samples):
+            if i in decomposed_refs:
+                facts = self._parse_facts(decomposed_refs[i], out[i].failures, "decompose_reference")
+                out[i].references = tuple(f.text for f in facts or ())
+            else:
+                out[i].references = tuple(sample.reference_facts)
+        if rate:
+            for judgment, reply in zip(out, _take(replies, len(captions)), strict=True):
+                judgment.ratings = self._parse_ratings(reply, judgment.failures)
+
+    def _second_stage(
+        self, samples: Sequence[Sample], text_judge: Engine, vision: Engine | None, out: list[FactJudgments]
+    ) -> None:
+        """Match and verify every decomposed caption: one batch per judge."""
+        ready = [i for i, j in enumerate(out) if j.facts and j.references]
+        matches = [self.match_request(out[i].facts or (), out[i].references) for i in ready]
+        verifies = [self.verify_request(samples[i], out[i].facts or (), vision is not None) for i in ready]
+        if vision is None:
+            replies = text_judge.run(matches + verifies)
+            match_replies, verify_replies = replies[: len(ready)], replies[len(ready) :]
+        else:
+            match_replies, verify_replies = text_judge.run(matches), vision.run(verifies)
+        for i, m_reply, v_reply in zip(ready, match_replies, verify_replies, strict=True):
+            judgment = out[i]
+            n, refs = len(judgment.facts or ()), len(judgment.references)
+            read_matches = partial(_read_matches, count=n, references=refs)
+            judgment.matches = self._parse_samples(m_reply, judgment.failures, "match", read_matches)
+            read_verdicts = partial(_read_verdicts, count=n)
+            judgment.verdicts = self._parse_samples(v_reply, judgment.failures, "verify", read_verdicts)
+
+    # ------------------------------------------------------------ parsing
+
+    def _parse_facts(self, reply: Response, failures: list[dict[str, Any]], stage: str) -> tuple[Fact, ...] | None:
+        if not reply.ok:
+            failures.append({"stage": stage, "error": reply.error or "no reply", "raw": None})
+            return None
+        cut_off = reply.completion_tokens >= self.cfg.max_tokens
+        facts = _read_facts(parse_json(reply.text, truncated=cut_off))
+        if not facts:
+            failures.append({"stage": stage, "error": "no facts in the reply", "raw": reply.text})
+            return None
+        if cut_off:
+            error = f"reply cut off at {self.cfg.max_tokens} tokens; kept its {len(facts)} complete facts"
+            failures.append({"stage": stage, "error": error, "raw": reply.text})
+        return facts
+
+    @staticmethod
+    def _parse_ratings(reply: Response, failures: list[dict[str, Any]]) -> dict[str, int] | None:
+        if not reply.ok:
+            failures.append({"stage": "linguistic", "error": reply.error or "no reply", "raw": None})
+            return None
+        value = parse_json(reply.text)
+        ratings = {k: _rating(value.get(k)) for k in RATINGS} if isinstance(value, dict) else {}
+        if len(ratings) != len(RATINGS) or None in ratings.values():
+            failures.append({"stage": "linguistic", "error": "no 1-10 ratings in the reply", "raw": reply.text})
+            return None
+        return ratings  # type: ignore[return-value]
+
+    @staticmethod
+    def _parse_samples(reply: Response, failures: list[dict[str, Any]], stage: str, read: Any) -> list[Any]:
+        if not reply.ok:
+            failures.append({"stage": stage, "error": reply.error or "no reply", "raw": None})
+            return []
+        parsed = []
+        for text in reply.texts:
+            value = read(parse_json(text))
+            if value is None:
+                failures.append({"stage": stage, "error": "reply does not cover every fact", "raw": text})
+            else:
+                parsed.append(value)
+        return parsed
+
+
+def _take(iterator: Iterator[Response], count: int) -> list[Response]:
+    return [next(iterator) for _ in range(count)]
+
+
+def _read_facts(value: Any) -> tuple[Fact, ...]:
+    """Read facts from a parsed reply: {"facts": [...]} or a bare list; items dicts or strings."""
+    items = value.get("facts") if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        return ()
+    facts: list[Fact] = []
+    seen: set[str] = set()
+    for item in items:
+        fact = _read_fact(item)
+        # A fact stated twice is one fact: small judges loop, and a repeat would count twice.
+        if fact is not None and fact.text.casefold() not in seen:
+            seen.add(fact.text.casefold())
+            facts.append(fact)
+    return tuple(facts)
+
+
+def _read_fact(item: Any) -> Fact | None:
+    if isinstance(item, str):
+        return Fact(item.strip()) if item.strip() else None
+    if not isinstance(item, dict):
+        return None
+    text = item.get("fact") or item.get("text") or item.get("statement")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    descriptive = _flag(item.get("descriptive", item.get("relevance", True))) is not False
+    return Fact(text.strip(), str(item.get("object") or item.get("identifier") or ""), descriptive)
+
+
+def _entries(value: Any, key: str, count: int) -> list[dict[str, Any]] | None:
+    """Return the reply's per-fact entries in fact order, or None unless all ``count`` are there.
+
+    Entries are placed by their "id"; a reply with exactly ``count`` entries whose ids do not
+    name 1..count is read in order.
+    """
+    items = value.get(key) if isinstance(value, dict) else value
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        return None
+    by_id: dict[int, dict[str, Any]] = {}
+    for position, item in enumerate(items, start=1):
+        try:
+            by_id.setdefault(int(item.get("id", position)), item)
+        except (TypeError, ValueError):
+            break
+    if all(i in by_id for i in range(1, count + 1)):
+        return [by_id[i] for i in range(1, count + 1)]
+    return list(items) if len(items) == count else None
+
+
+def _read_verdicts(value: Any, count: int) -> Verdicts | None:
+    entries = _entries(value, "verdicts", count)
+    if entries is None:
+        return None
+    correct, pointable = [], []
+    for entry in entries:
+        c, p = _flag(entry.get("correct")), _flag(entry.get("pointable", True))
+        if c is None or p is None:
+            return None
+        correct.append(c)
+        pointable.append(p)
+    return Verdicts(tuple(correct), tuple(pointable))
+
+
+def _read_matches(value: Any, count: int, references: int) -> tuple[int | None, ...] | None:
+    entries = _entries(value, "matches", count)
+    if entries is None:
+        return None
+    out: list[int | None] = []
+    for entry in entries:
+        ref = entry.get("reference")
+        try:
+            index = int(ref) - 1 if ref not in (None, "None", "null", "") else None
+        except (TypeError, ValueError):
+            index = None
+        out.append(index if index is not None and 0 <= index < references else None)
+    return tuple(out)
+
+
+def _flag(value: Any) -> bool | None:
+    """Read a yes/no judgment written as a boolean, 1/0 or a word; None if it is neither."""
+    if isinstance(value, (bool, int, str)):
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+    return None
+
+
+def _rating(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 1 <= number <= 10 else None
