@@ -78,3 +78,11 @@ def scripted_cli_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     from capbench import engines
 
     monkeypatch.setitem(engines.ENGINES, "scripted", ("conftest", "FixedReplyEngine", "test engine"))
+
+
+@pytest.fixture
+def oracle_cli_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``--judge oracle:truth`` (the true judgments of capbench-mini) available to the CLI."""
+    from capbench import engines
+
+    monkeypatch.setitem(engines.ENGINES, "oracle", ("oracle_engine", "OracleEngine", "test engine"))

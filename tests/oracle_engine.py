@@ -25,7 +25,7 @@ class OracleEngine:
     accepts_images = True
     supports_loglik = False
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "truth") -> None:
         images = json.loads(ORACLE.read_text())["images"]
         bench = load_benchmark("mini")
         self.by_caption: dict[str, dict] = {}

@@ -195,3 +195,49 @@ def test_recording_with_a_warm_cache_still_records_everything(tmp_path: Path, sc
     replayed = json.loads(_run(*base[:3], "--judge", f"replay:{cassette}", "--limit", "2", "--json",
                                "--results-dir", str(tmp_path / "c")).output)  # fmt: skip
     assert replayed["runs"][0]["metrics"]["captionqa"]["failed"] == 0
+
+
+@pytest.mark.parametrize("no_cache", [False, True])
+def test_fact_metrics_share_the_decomposition(tmp_path: Path, oracle_cli_engine, no_cache: bool):
+    args = ["eval", "-c", str(EXAMPLES / "detailed.jsonl"), "--judge", "oracle:truth", "-m", "dcscore,balcap",
+            "--results-dir", str(tmp_path), "--json"] + (["--no-cache"] if no_cache else [])  # fmt: skip
+    out = json.loads(_run(*args).output)
+    [run] = out["runs"]
+    assert out["fact_protocol"] == "official"
+    # per caption: decompose, match and verify once for both metrics, plus balcap's rating
+    assert run["judge_calls"] == 18 * 4 and run["cache_hits"] == 18 * 3
+    dc, bal = run["metrics"]["dcscore"], run["metrics"]["balcap"]
+    assert dc["failed"] == bal["failed"] == 0
+    assert dc["verify_mode"] == ["reference"] and 50 < dc["score"] < 100 and 50 < bal["score"] < 100
+    manifest = json.loads((tmp_path / "mini" / "detailed" / "manifest.json").read_text())
+    assert manifest["metrics"]["dcscore"]["config"]["verify_samples"] == 3
+    assert "facts.decompose.system" in manifest["metrics"]["balcap"]["prompts"]
+
+
+def test_fact_tables_mark_how_facts_were_verified(tmp_path: Path, oracle_cli_engine):
+    out = _run("eval", "--example-captions", "--judge", "oracle:truth", "-m", "dcscore,balcap", "--limit", "2",
+               "--results-dir", str(tmp_path)).output  # fmt: skip
+    for text in ("DCScore on mini", "BalCapRL on mini", "b-CapScore", "verified by", "reference", "Judge usage"):
+        assert text in out
+
+
+def test_captionqa_needs_questions(tmp_path: Path):
+    caps = tmp_path / "c.jsonl"
+    caps.write_text('{"image_path": "aar_test_04746.jpg", "caption": "A shelf."}\n')
+    result = CliRunner().invoke(main, ["eval", "-b", "decapbench", "-c", str(caps), "--results-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "needs multiple-choice questions; benchmark 'decapbench' has none" in result.output
+
+
+def test_prompt_dir_replaces_templates(tmp_path: Path, scripted_cli_engine):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "captionqa.user.txt").write_text("CAPTION: $caption\\nQ: $question\\n$options\\nLetter:")
+    base = ["eval", "-c", str(EXAMPLES / "short.jsonl"), "--judge", "scripted:A", "--limit", "1", "--json"]
+    ours = json.loads(_run(*base, "--results-dir", str(tmp_path / "a")).output)
+    theirs = json.loads(_run(*base, "--results-dir", str(tmp_path / "b"), "--prompt-dir", str(prompts)).output)
+    assert theirs["runs"][0]["judge_calls"] == ours["runs"][0]["judge_calls"]  # new prompts: asked again
+    manifest = json.loads((tmp_path / "b" / "mini" / "short" / "manifest.json").read_text())
+    mine = json.loads((tmp_path / "a" / "mini" / "short" / "manifest.json").read_text())
+    hashes = manifest["metrics"]["captionqa"]["prompts"], mine["metrics"]["captionqa"]["prompts"]
+    assert hashes[0]["captionqa.user"] != hashes[1]["captionqa.user"]
+    assert hashes[0]["captionqa.system"] == hashes[1]["captionqa.system"]

@@ -103,3 +103,8 @@ def test_sample_score_round_trip():
 def test_a_folder_is_not_a_caption_file(tmp_path: Path):
     with pytest.raises(InputError, match="not a file"):
         read_caption_file(tmp_path)
+
+
+def test_decapbench_style_records_use_image_path_as_id(write_json):
+    path = write_json("dc.jsonl", [{"image_path": "aar_test_1.jpg", "caption": "A door."}], jsonl=True)
+    assert dict(read_caption_file(path).captions) == {"aar_test_1.jpg": "A door."}

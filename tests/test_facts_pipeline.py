@@ -1,0 +1,156 @@
+"""The fact pipeline: tolerant readers of judge replies, batching by stage, and failure records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ScriptedEngine
+
+from capbench.engines.base import ImagePart, Response
+from capbench.metrics.facts import (
+    Fact,
+    FactConfig,
+    FactPipeline,
+    _read_facts,
+    _read_matches,
+    _read_verdicts,
+)
+from capbench.metrics.parsing import parse_json
+from capbench.records import ImageRef, Sample
+
+FACT_REPLIES = [
+    # the schema's shape
+    ('{"facts": [{"fact": "A cat.", "object": "cat_0", "descriptive": true}]}', [("A cat.", "cat_0", True)]),
+    # a bare list of strings
+    ('["A cat.", "The cat is grey."]', [("A cat.", "", True), ("The cat is grey.", "", True)]),
+    # DeCapBench's own keys: identifier and relevance 0/1
+    ('[{"fact": "It feels calm.", "identifier": "scene_0", "relevance": 0}]', [("It feels calm.", "scene_0", False)]),
+    # prose and a code fence around JSON with a trailing comma
+    ('Here you go:\n```json\n{"facts": [{"fact": "A dog.", "object": "dog_0", "descriptive": "yes"},]}\n```',
+     [("A dog.", "dog_0", True)]),
+    # a judge that repeats itself: the repeat is one fact
+    ('{"facts": [{"fact": "A cat."}, {"fact": "a cat."}, {"fact": "A mat."}]}', [("A cat.", "", True), ("A mat.", "", True)]),
+    # items without text are skipped
+    ('{"facts": [{"object": "x"}, {"fact": "  "}, {"fact": "Ok."}]}', [("Ok.", "", True)]),
+    # not a list of facts
+    ('{"answer": 3}', []),
+    ("I cannot help with that.", []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reply", "expected"), FACT_REPLIES)
+def test_read_facts(reply, expected):
+    assert [(f.text, f.object, f.descriptive) for f in _read_facts(parse_json(reply))] == expected
+
+
+VERDICT_REPLIES = [
+    # in order, booleans
+    ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}, {"id": 2, "correct": false, "pointable": true}]}',
+     ((True, False), (True, True))),
+    # out of order, words and numbers
+    ('{"verdicts": [{"id": 2, "correct": "no", "pointable": 0}, {"id": 1, "correct": "yes", "pointable": 1}]}',
+     ((True, False), (True, False))),
+    # exactly as many entries as facts, but misnumbered: read in order
+    ('{"verdicts": [{"id": 7, "correct": true, "pointable": false}, {"id": 9, "correct": true, "pointable": true}]}',
+     ((True, True), (False, True))),
+    # an entry missing: the sample is unusable
+    ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}]}', None),
+    # a verdict that is neither yes nor no
+    ('{"verdicts": [{"id": 1, "correct": "maybe", "pointable": true}, {"id": 2, "correct": true}]}', None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reply", "expected"), VERDICT_REPLIES)
+def test_read_verdicts(reply, expected):
+    verdicts = _read_verdicts(parse_json(reply), count=2)
+    assert (None if verdicts is None else (verdicts.correct, verdicts.pointable)) == expected
+
+
+MATCH_REPLIES = [
+    ('{"matches": [{"id": 1, "reference": 2}, {"id": 2, "reference": null}]}', (1, None)),
+    ('[{"id": 1, "reference": "None"}, {"id": 2, "reference": "3"}]', (None, 2)),
+    ('{"matches": [{"id": 1, "reference": 99}, {"id": 2, "reference": 1}]}', (None, 0)),  # out of range: unmatched
+    ('{"matches": [{"id": 2, "reference": 1}]}', None),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), MATCH_REPLIES)
+def test_read_matches(reply, expected):
+    assert _read_matches(parse_json(reply), count=2, references=3) == expected
+
+
+def test_truncated_reply_keeps_complete_elements():
+    cut = '{"facts": [{"fact": "a", "object": "x"}, {"fact": "b [1]", "object": "y"}, {"fact": "The c'
+    assert parse_json(cut) is None or "facts" not in parse_json(cut)
+    assert parse_json(cut, truncated=True) == {
+        "facts": [{"fact": "a", "object": "x"}, {"fact": "b [1]", "object": "y"}]
+    }
+
+
+def _stage_reply(request) -> str:
+    system = request.messages[0].joined_text()
+    if "split image captions" in system:
+        return json.dumps({"facts": [{"fact": "A cat.", "object": "cat_0", "descriptive": True},
+                                     {"fact": "It is calm.", "object": "scene_0", "descriptive": False}]})  # fmt: skip
+    if "check statements" in system:
+        return json.dumps({"verdicts": [{"id": 1, "correct": True, "pointable": True},
+                                        {"id": 2, "correct": True, "pointable": False}]})  # fmt: skip
+    if "align two lists" in system:
+        return json.dumps({"matches": [{"id": 1, "reference": 1}, {"id": 2, "reference": None}]})
+    return json.dumps({"clarity": 8, "fluency": 9, "coherence": 7})
+
+
+def test_one_batch_per_stage_and_missing_references_decomposed():
+    judge = ScriptedEngine(_stage_reply)
+    batches = []
+    original = judge.run
+    judge.run = lambda requests, on_result=None: batches.append(len(requests)) or original(requests, on_result)
+    with_facts = Sample("a", None, "A grey cat.", ("There is a cat.",))
+    without = Sample("b", None, "A cat on a mat.")
+    out = FactPipeline(FactConfig.preset("greedy")).run(
+        [with_facts, without], ["cap a", "cap b"], {"text": judge}, True
+    )
+    # stage 1: 2 decompositions + 1 reference decomposition + 2 ratings; stage 2: 2 matches + 2 verifications
+    assert batches == [5, 4]
+    assert out[0].references == ("There is a cat.",)
+    assert out[1].references == ("A cat.", "It is calm.")
+    assert out[0].ratings == {"clarity": 8, "fluency": 9, "coherence": 7}
+    assert out[0].verdicts[0].pointable == (True, False) and out[0].matches == [(0, None)]
+    assert out[0].error(need_linguistic=True) is None
+
+
+def test_vision_judge_sees_the_image_and_the_mode_is_recorded():
+    text, vision = ScriptedEngine(_stage_reply), ScriptedEngine(_stage_reply, name="vlm")
+    vision.accepts_images = True
+    sample = Sample("a", ImageRef("/x/a.png", "f" * 64), "A grey cat.", ("There is a cat.",))
+    [judgment] = FactPipeline().run([sample], ["cap"], {"text": text, "vision": vision})
+    [verify] = vision.calls
+    assert isinstance(verify.messages[-1].parts[0], ImagePart)
+    assert verify.sampling.n == 3 and verify.sampling.temperature == 0.3  # DeCapBench's settings
+    assert all("check statements" not in r.messages[0].joined_text() for r in text.calls)
+    assert judgment.verify_mode == "image" and judgment.log()["verify_mode"] == "image"
+
+
+def test_failures_are_kept_with_their_raw_reply():
+    def reply(request):
+        system = request.messages[0].joined_text()
+        if "check statements" in system:
+            return "I think they are all fine."
+        if "align two lists" in system:
+            return Response(error="llamacpp: timeout")
+        return _stage_reply(request)
+
+    [judgment] = FactPipeline(FactConfig.preset("greedy")).run(
+        [Sample("a", None, "ref", ("r",))], ["cap"], {"text": ScriptedEngine(reply)}
+    )
+    stages = {f["stage"]: f for f in judgment.failures}
+    assert stages["verify"]["raw"] == "I think they are all fine."
+    assert stages["match"]["error"] == "llamacpp: timeout"
+    assert judgment.error() == "every verification failed"
+
+
+def test_decompose_requests_do_not_depend_on_the_metric():
+    pipeline = FactPipeline()
+    assert pipeline.decompose_request("A cat.") == FactPipeline().decompose_request("A cat.")
+    assert pipeline.match_request([Fact("a")], ["r"]).sampling.n == 3
