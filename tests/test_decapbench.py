@@ -18,7 +18,8 @@ def _write_reference(tmp_path: Path, rows: list[dict]) -> Path:
 
 
 ROWS = [
-    {"image_name": "aar_test_00001.jpg", "oracle_caption": "A red door.", "oracle_facts": ["There is a door.", "The door is red."]},
+    {"image_name": "aar_test_00001.jpg", "oracle_caption": "A red door.",
+     "oracle_facts": ["There is a door.", "The door is red."]},
     {"image_name": "aar_test_00002.jpg", "oracle_caption": "Two cats.", "oracle_facts": ["There are two cats."]},
 ]  # fmt: skip
 
@@ -43,7 +44,7 @@ def test_images_from_a_folder(tmp_path: Path):
     assert bench.samples[1].image.path == str(images / "aar_test_00002.jpg")
     assert len(bench.samples[1].image.sha256) == 64
     (images / "aar_test_00002.jpg").unlink()
-    with pytest.raises(InputError, match="aar_test_00002.jpg: image missing"):
+    with pytest.raises(InputError, match=r"aar_test_00002\.jpg: image missing"):
         load_benchmark(
             "decapbench", with_images=True, images_dir=images, reference_file=_write_reference(tmp_path, ROWS)
         )

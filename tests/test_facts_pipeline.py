@@ -30,7 +30,8 @@ FACT_REPLIES = [
     ('Here you go:\n```json\n{"facts": [{"fact": "A dog.", "object": "dog_0", "descriptive": "yes"},]}\n```',
      [("A dog.", "dog_0", True)]),
     # a judge that repeats itself: the repeat is one fact
-    ('{"facts": [{"fact": "A cat."}, {"fact": "a cat."}, {"fact": "A mat."}]}', [("A cat.", "", True), ("A mat.", "", True)]),
+    ('{"facts": [{"fact": "A cat."}, {"fact": "a cat."}, {"fact": "A mat."}]}',
+     [("A cat.", "", True), ("A mat.", "", True)]),
     # items without text are skipped
     ('{"facts": [{"object": "x"}, {"fact": "  "}, {"fact": "Ok."}]}', [("Ok.", "", True)]),
     # not a list of facts
