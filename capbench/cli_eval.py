@@ -201,6 +201,11 @@ def print_results(
             table.add_row(*row)
         table.caption = _caption(metric, judge, modes)
         console.print(table)
+        for result in results:
+            failed = result.summaries[metric].get("failed_ids") or []
+            if failed:
+                shown = ", ".join(failed[:8]) + (" …" if len(failed) > 8 else "")
+                console.print(f"  {result.caption_set}: {len(failed)} image(s) left out of {title}: {shown}")
         if metric == "captionqa":
             console.print(_domain_table(results, benchmark))
     usage = Table("caption set", "judge calls", "cached", "prompt tok.", "output tok.", title="Judge usage",

@@ -43,3 +43,12 @@ def test_score_averages_over_samples_and_trials():
     # trials: (v0,m0) 2/2, (v0,m1) 1/2, (v1,m0) 1/2, (v1,m1) 1/2
     assert values["recall"] == pytest.approx((1 + 0.5 + 0.5 + 0.5) / 4)
     assert values["b_capscore"] == pytest.approx(b_capscore(0.75, 0.625, 1.0))
+
+
+def test_a_failed_rating_leaves_precision_and_recall():
+    judgments = FactJudgments(
+        facts=(Fact("a"),), references=("r0",), verdicts=[Verdicts((True,), (True,))], matches=[(0,)], ratings=None
+    )
+    values = score_judgments(judgments)
+    assert values["precision"] == 1.0 and values["recall"] == 1.0
+    assert values["linguistic"] is None and values["b_capscore"] is None

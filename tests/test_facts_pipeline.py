@@ -57,6 +57,9 @@ VERDICT_REPLIES = [
      ((True, True), (False, True))),
     # an entry missing: the sample is unusable
     ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}]}', None),
+    # DeCapBench's own format: facts echoed without numbers, "verification" 1/0
+    ('[{"fact": "a", "identifier": "x", "verification": 1}, {"fact": "b", "identifier": "y", "verification": 0}]',
+     ((True, False), (True, True))),
     # a verdict that is neither yes nor no
     ('{"verdicts": [{"id": 1, "correct": "maybe", "pointable": true}, {"id": 2, "correct": true}]}', None),
 ]  # fmt: skip
@@ -73,6 +76,8 @@ MATCH_REPLIES = [
     ('[{"id": 1, "reference": "None"}, {"id": 2, "reference": "3"}]', (None, 2)),
     ('{"matches": [{"id": 1, "reference": 99}, {"id": 2, "reference": 1}]}', (None, 0)),  # out of range: unmatched
     ('{"matches": [{"id": 2, "reference": 1}]}', None),
+    # DeCapBench's own format: "matched_oracle_id" counts from 0, "None" for no match
+    ('[{"fact": "a", "matched_oracle_id": 0}, {"fact": "b", "matched_oracle_id": "None"}]', (0, None)),
 ]
 
 
@@ -155,3 +160,13 @@ def test_decompose_requests_do_not_depend_on_the_metric():
     pipeline = FactPipeline()
     assert pipeline.decompose_request("A cat.") == FactPipeline().decompose_request("A cat.")
     assert pipeline.match_request([Fact("a")], ["r"]).sampling.n == 3
+
+
+def test_official_style_templates(tmp_path):
+    (tmp_path / "facts.decompose.example_caption.txt").write_text("")
+    (tmp_path / "facts.match.user.txt").write_text("Predicted:\n$facts_json\nOracle:\n$reference_facts_json")
+    pipeline = FactPipeline(FactConfig(prompt_dir=str(tmp_path)))
+    assert len(pipeline.decompose_request("A cat.").messages) == 2  # no worked example
+    text = pipeline.match_request([Fact("A cat.", "cat_0")], ["There is a cat."]).messages[-1].joined_text()
+    assert '{"fact": "A cat.", "identifier": "cat_0"}' in text
+    assert '{"id": 0, "fact": "There is a cat."}' in text

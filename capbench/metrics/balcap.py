@@ -49,17 +49,17 @@ def b_capscore(precision: float, recall: float, linguistic: float) -> float:
     return 100 * len(parts) / sum(1 / x for x in parts)
 
 
-def score_judgments(judgments: FactJudgments) -> dict[str, float]:
-    """Score one caption from its judgments."""
+def score_judgments(judgments: FactJudgments) -> dict[str, float | None]:
+    """Score one caption from its judgments; without a rating, linguistic and b-CapScore are None."""
     n_refs = len(judgments.references)
     precision = mean([balcap_precision(v) for v in judgments.verdicts]) or 0.0
     recall = mean([balcap_recall(v.correct, m, n_refs) for v in judgments.verdicts for m in judgments.matches]) or 0.0
-    linguistic = linguistic_score(judgments.ratings or {})
+    linguistic = None if judgments.ratings is None else linguistic_score(judgments.ratings)
     return {
         "precision": precision,
         "recall": recall,
         "linguistic": linguistic,
-        "b_capscore": b_capscore(precision, recall, linguistic),
+        "b_capscore": None if linguistic is None else b_capscore(precision, recall, linguistic),
     }
 
 
@@ -97,7 +97,7 @@ class BalCap:
         scored = [s for s in scores if s.values.get("b_capscore") is not None]
         out: dict[str, Any] = {"score": mean([s.values["b_capscore"] for s in scored])}
         for key in ("precision", "recall", "linguistic"):
-            m = mean([s.values[key] for s in scored])
+            m = mean([s.values[key] for s in scores if s.values.get(key) is not None])
             out[key] = None if m is None else 100 * m
         failed = [s.sample_id for s in scores if s.values.get("b_capscore") is None]
         out.update(images=len(scored), failed=len(failed), failed_ids=failed)
@@ -107,7 +107,7 @@ class BalCap:
 
 def _sample_score(metric: str, sample: Sample, caption: Caption, judgments: FactJudgments) -> SampleScore:
     error = judgments.error(need_linguistic=True)
-    values: dict[str, float | None] = dict.fromkeys(KEYS) if error else dict(score_judgments(judgments))
+    values: dict[str, float | None] = dict.fromkeys(KEYS) if judgments.error() else score_judgments(judgments)
     details = {**judgments.log(), "error": error, "references": len(judgments.references)}
     return SampleScore(
         sample_id=sample.id,

@@ -16,7 +16,8 @@ Replies are parsed tolerantly; a reply that cannot be read is kept with its raw 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -215,11 +216,14 @@ class FactPipeline:
 
     def decompose_request(self, text: str) -> Request:
         """Ask for the atomic facts of one caption, after one worked example."""
+        system, user = self._messages("decompose", caption=text)
         example = self.templates[("decompose", "example_caption")].render()
-        system, example_user = self._messages("decompose", caption=example)
-        answer = Message.text("assistant", self.templates[("decompose", "example_answer")].render())
+        messages: tuple[Message, ...] = (system, user)
+        if example:  # an empty example file (in --prompt-dir) leaves the example out
+            answer = Message.text("assistant", self.templates[("decompose", "example_answer")].render())
+            messages = (system, self._messages("decompose", caption=example)[1], answer, user)
         return Request(
-            (system, example_user, answer, self._messages("decompose", caption=text)[1]),
+            messages,
             self._sampling(self.cfg.decompose_temperature),
             JsonSchema.of(_schema_decompose(self.cfg.max_facts)),
         )
@@ -236,8 +240,9 @@ class FactPipeline:
         """Ask whether each fact is correct and pointable."""
         image = ImagePart(sample.image) if with_image and sample.image is not None else None
         statements = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
+        fields = {"reference": sample.reference_caption, "statements": statements, "facts_json": _facts_json(facts)}
         return Request(
-            self._messages("verify", image, reference=sample.reference_caption, statements=statements),
+            self._messages("verify", image, **fields),
             self._sampling(self.cfg.verify_temperature, self.cfg.verify_samples),
             JsonSchema.of(_schema_list("verdicts", _VERDICT, len(facts))),
         )
@@ -246,8 +251,10 @@ class FactPipeline:
         """Ask which reference fact, if any, each caption fact matches."""
         listing = "\n".join(f"{i}. {text}" for i, text in enumerate(references, start=1))
         caption_facts = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
+        references_json = _json_listing([{"id": i, "fact": text} for i, text in enumerate(references)])
+        fields = {"reference_facts": listing, "facts": caption_facts, "facts_json": _facts_json(facts)}
         return Request(
-            self._messages("match", reference_facts=listing, facts=caption_facts),
+            self._messages("match", **fields, reference_facts_json=references_json),
             self._sampling(self.cfg.match_temperature, self.cfg.match_samples),
             JsonSchema.of(_schema_list("matches", _MATCH, len(facts))),
         )
@@ -352,6 +359,16 @@ class FactPipeline:
         return parsed
 
 
+def _json_listing(items: Sequence[Mapping[str, Any]]) -> str:
+    """A fenced JSON list, one object per line: the layout of DeCapBench's prompts."""
+    return "```json[\n" + "".join(f"  {json.dumps(d, ensure_ascii=False)},\n" for d in items) + "]\n```"
+
+
+def _facts_json(facts: Sequence[Fact]) -> str:
+    """Caption facts as DeCapBench lists them, for official prompt templates ($facts_json)."""
+    return _json_listing([{"fact": f.text, "identifier": f.object} for f in facts])
+
+
 def _take(iterator: Iterator[Response], count: int) -> list[Response]:
     return [next(iterator) for _ in range(count)]
 
@@ -410,7 +427,7 @@ def _read_verdicts(value: Any, count: int) -> Verdicts | None:
         return None
     correct, pointable = [], []
     for entry in entries:
-        c, p = _flag(entry.get("correct")), _flag(entry.get("pointable", True))
+        c, p = _flag(entry.get("correct", entry.get("verification"))), _flag(entry.get("pointable", True))
         if c is None or p is None:
             return None
         correct.append(c)
@@ -424,9 +441,10 @@ def _read_matches(value: Any, count: int, references: int) -> tuple[int | None, 
         return None
     out: list[int | None] = []
     for entry in entries:
-        ref = entry.get("reference")
+        # Ours number reference facts from 1; DeCapBench's "matched_oracle_id" counts from 0.
+        ref, base = (entry.get("reference"), 1) if "reference" in entry else (entry.get("matched_oracle_id"), 0)
         try:
-            index = int(ref) - 1 if ref not in (None, "None", "null", "") else None
+            index = int(ref) - base if ref not in (None, "None", "null", "") else None
         except (TypeError, ValueError):
             index = None
         out.append(index if index is not None and 0 <= index < references else None)
