@@ -119,7 +119,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "--record-judge",
     type=click.Path(path_type=Path),
-    help="Record every judge reply to a cassette file (asks the judge even where the cache has the answer).",
+    help="Record every judge reply (cached ones included) to a cassette file, for replay in tests.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 def eval_command(**opts: Any) -> None:

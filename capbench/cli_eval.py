@@ -89,15 +89,14 @@ def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any])
 
 
 def build_judge(spec: str, opts: Mapping[str, Any], cache: ResponseCache, record: bool = True) -> CachedEngine:
-    """Build a judge engine, with recording and caching as the options ask."""
+    """Build a judge engine behind the cache; with --record-judge, every reply goes to a cassette."""
     engine = build_engine(spec)
-    recording = record and bool(opts.get("record_judge"))
-    if recording:
-        from capbench.engines.replay import RecordingEngine
+    recorder = None
+    if record and opts.get("record_judge"):
+        from capbench.engines.replay import CassetteWriter
 
-        engine = RecordingEngine(engine, opts["record_judge"])
-    # A cassette must hold every reply, so recording asks the judge even for cached requests.
-    return CachedEngine(engine, cache, read=not recording)
+        recorder = CassetteWriter(engine, opts["record_judge"])
+    return CachedEngine(engine, cache, recorder)
 
 
 def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric], dict[str, str]]:

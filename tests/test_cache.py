@@ -149,10 +149,15 @@ def test_a_file_that_is_not_a_cache(tmp_path: Path):
         ResponseCache(path)
 
 
-def test_write_only_cache_asks_the_engine_every_time(tmp_path: Path):
+def test_a_recorder_sees_cached_and_new_responses(tmp_path: Path):
     cache = ResponseCache(tmp_path / "c.sqlite")
     CachedEngine(ScriptedEngine(), cache).run([_request("a")])
+    seen = []
+
+    class Recorder:
+        def write(self, request, response):
+            seen.append((request.messages[0].joined_text(), response.cached))
+
     engine = ScriptedEngine()
-    recorder_side = CachedEngine(engine, cache, read=False)
-    assert not recorder_side.run([_request("a")])[0].cached
-    assert len(engine.calls) == 1 and cache.stats()["entries"] == 1
+    CachedEngine(engine, cache, Recorder()).run([_request("a"), _request("b")])
+    assert sorted(seen) == [("a", True), ("b", False)] and len(engine.calls) == 1

@@ -67,3 +67,45 @@ def test_cassette_matches_the_live_embedded_judge():
                 assert top[1] - top[0] < 2e-3, qa["question_id"]
                 flips += 1
     assert flips <= 1
+
+
+FACTS_CASSETTE = GOLDEN / "embedded_facts_cassette.jsonl"
+
+
+def test_replayed_judge_gives_the_frozen_fact_scores(tmp_path: Path):
+    """DCScore and b-CapScore of the embedded judge's recorded replies, exactly.
+
+    Re-record with:
+        capbench eval --example-captions -m dcscore,balcap --overwrite \\
+            --record-judge tests/golden/embedded_facts_cassette.jsonl --results-dir /tmp/golden --json
+    """
+    expected = json.loads((GOLDEN / "facts_mini_embedded.json").read_text())
+    argv = ["eval", "--example-captions", "-m", "dcscore,balcap", "--judge", f"replay:{FACTS_CASSETTE}",
+            "--fact-protocol", "embedded", "--results-dir", str(tmp_path), "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    runs = {r["caption_set"]: r for r in json.loads(result.output)["runs"]}
+    for name, metrics in expected["metrics"].items():
+        for metric, summary in metrics.items():
+            assert runs[name]["metrics"][metric] == summary, (name, metric)
+    # every request the pipeline sends today is in the cassette
+    log = tmp_path / "mini" / "detailed" / "dcscore.jsonl"
+    replay_misses = [f for line in log.read_text().splitlines() for f in json.loads(line)["details"]["failures"]
+                     if "not in" in (f["error"] or "")]  # fmt: skip
+    assert replay_misses == [], "the prompts changed: re-record the cassette (see docstring)"
+
+
+@pytest.mark.engine
+def test_fact_cassette_matches_the_live_embedded_judge():
+    """The fact cassette is what the embedded judge answers today (one short caption)."""
+    from capbench.metrics.balcap import BalCap
+    from capbench.metrics.facts import FactConfig
+
+    bench = load_benchmark("mini")
+    sample = bench.samples[0]
+    caption = Caption(sample.id, read_caption_file(bench.example_captions["short"]).captions[sample.id])
+    metric = BalCap(FactConfig.preset("embedded"))
+    [replayed] = metric.score([sample], [caption], {"text": ReplayEngine(FACTS_CASSETTE)})
+    [live] = metric.score([sample], [caption], {"text": build_engine("llamacpp:smollm2")})
+    assert live.details == replayed.details
+    assert live.values == replayed.values

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from capbench.engines.base import Engine, OnResult, Request, Response, describe, request_key
 from capbench.errors import ConfigError
@@ -133,6 +133,14 @@ class ResponseCache:
             self._db.close()
 
 
+class Recorder(Protocol):
+    """Receives every response a wrapped engine gives (a cassette writer)."""
+
+    def write(self, request: Request, response: Response) -> None:
+        """Record one response."""
+        ...
+
+
 @dataclass
 class CallStats:
     """What a wrapped engine did: calls sent, cache hits, failures, tokens and time."""
@@ -163,14 +171,14 @@ class CachedEngine:
 
     Requests already in the cache are answered without calling the engine; identical requests
     within one batch are sent once. Each successful response is stored as soon as the engine
-    reports it, so a killed run loses at most the calls in flight. With ``read=False`` every
-    request goes to the engine (responses are still stored): what recording a cassette needs.
+    reports it, so a killed run loses at most the calls in flight. A ``recorder`` (a cassette)
+    receives every response, cached or not.
     """
 
-    def __init__(self, engine: Engine, cache: ResponseCache | None, read: bool = True) -> None:
+    def __init__(self, engine: Engine, cache: ResponseCache | None, recorder: Recorder | None = None) -> None:
         self.engine = engine
         self.cache = cache
-        self.read = read
+        self.recorder = recorder
         self.stats = CallStats()
         self._fingerprint = engine.fingerprint()
         self.backend = engine.backend
@@ -187,10 +195,12 @@ class CachedEngine:
         pending: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
             key = request_key(self._fingerprint, request)
-            hit = self.cache.get(key) if self.cache is not None and self.read and key not in pending else None
+            hit = self.cache.get(key) if self.cache is not None and key not in pending else None
             if hit is not None:
                 results[index] = hit
                 self.stats.cache_hits += 1
+                if self.recorder is not None:
+                    self.recorder.write(request, hit)
                 if on_result is not None:
                     on_result(index, hit)
             else:
@@ -215,6 +225,8 @@ class CachedEngine:
             self.stats.calls += 1
             self.stats.prompt_tokens += response.prompt_tokens
             self.stats.completion_tokens += response.completion_tokens
+            if self.recorder is not None:
+                self.recorder.write(batch[position], response)
             if response.ok:
                 if self.cache is not None:
                     self.cache.put(key, self._fingerprint, batch[position], response)

@@ -81,15 +81,11 @@ class ReplayEngine:
         return out
 
 
-class RecordingEngine:
-    """Wraps an engine and appends each successful response to a cassette as it arrives."""
+class CassetteWriter:
+    """Appends successful responses of one engine to a cassette, each request once."""
 
     def __init__(self, engine: Engine, path: str | os.PathLike[str]) -> None:
-        self.engine = engine
         self.path = Path(path)
-        self.backend = engine.backend
-        self.accepts_images = engine.accepts_images
-        self.supports_loglik = engine.supports_loglik
         self._lock = threading.Lock()
         self._known: set[str] = set()
         if self.path.exists() and self.path.stat().st_size > 0:
@@ -107,6 +103,27 @@ class RecordingEngine:
             }
             self.path.write_text(jsonl_line(header), encoding="utf-8")
 
+    def write(self, request: Request, response: Response) -> None:
+        """Record ``response`` to ``request`` unless it failed or the cassette has it already."""
+        key = cassette_key(request)
+        if not response.ok or key in self._known:
+            return
+        line = jsonl_line({"key": key, "response": response.to_dict()})
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line)
+        self._known.add(key)
+
+
+class RecordingEngine:
+    """Wraps an engine and records each successful response to a cassette as it arrives."""
+
+    def __init__(self, engine: Engine, path: str | os.PathLike[str]) -> None:
+        self.engine = engine
+        self.writer = CassetteWriter(engine, path)
+        self.backend = engine.backend
+        self.accepts_images = engine.accepts_images
+        self.supports_loglik = engine.supports_loglik
+
     def fingerprint(self) -> dict[str, Any]:
         """Return the wrapped engine's fingerprint: recording does not change outputs."""
         return self.engine.fingerprint()
@@ -115,12 +132,7 @@ class RecordingEngine:
         """Run the wrapped engine and record what it answers."""
 
         def record(index: int, response: Response) -> None:
-            key = cassette_key(requests[index])
-            if response.ok and key not in self._known:
-                line = jsonl_line({"key": key, "response": response.to_dict()})
-                with self._lock, self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(line)
-                self._known.add(key)
+            self.writer.write(requests[index], response)
             if on_result is not None:
                 on_result(index, response)
 
