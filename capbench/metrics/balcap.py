@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from capbench.hashing import sha256_text
-from capbench.metrics.base import Judges, mean
+from capbench.metrics.base import Judges, Unit, mean
 from capbench.metrics.facts import RATINGS, FactConfig, FactJudgments, FactPipeline, Verdicts
 from capbench.records import Caption, Sample, SampleScore
 
@@ -91,6 +91,14 @@ class BalCap:
         """Run the fact pipeline with the linguistic rating, and score each caption."""
         judgments = self.pipeline.run(samples, [c.text for c in captions], judges, linguistic=True)
         return [_sample_score(self.name, s, c, j) for s, c, j in zip(samples, captions, judgments, strict=True)]
+
+    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
+        """One unit per scored image, all in one stratum."""
+        return [
+            (s.sample_id, "all", float(s.values["b_capscore"]), 1.0)
+            for s in scores
+            if s.values.get("b_capscore") is not None
+        ]
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
         """Means over the scored captions (×100); failed captions are counted and named."""

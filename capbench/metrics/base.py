@@ -10,6 +10,12 @@ from capbench.errors import ConfigError
 from capbench.records import Caption, Sample, SampleScore
 
 Judges = Mapping[str, Engine]
+Unit = tuple[str, str, float, float]
+"""One number behind a headline score: (sample id, stratum, value, weight).
+
+A metric's headline equals the mean over strata of each stratum's weighted mean of values
+(:func:`headline`), so the leaderboard can bootstrap any metric without knowing it.
+"""
 """Judges by role: ``"text"`` (a text LLM) and, where a metric can use one, ``"vision"``."""
 
 
@@ -44,6 +50,10 @@ class Metric(Protocol):
         """Aggregate per-sample scores into the metric's headline numbers (pure)."""
         ...
 
+    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
+        """Return the units whose :func:`headline` equals ``summarize(scores)["score"]``."""
+        ...
+
 
 def require_judge(judges: Judges, role: str, metric: str) -> Engine:
     """Return the judge for ``role`` or raise a configuration error that says how to give one."""
@@ -51,6 +61,17 @@ def require_judge(judges: Judges, role: str, metric: str) -> Engine:
     if engine is None:
         raise ConfigError(f"metric {metric!r} needs a {role} judge; pass one with --judge ENGINE:MODEL")
     return engine
+
+
+def headline(units: Sequence[Unit]) -> float | None:
+    """Return the mean over strata of each stratum's weighted mean value (None for no units)."""
+    sums: dict[str, list[float]] = {}
+    for _, stratum, value, weight in units:
+        acc = sums.setdefault(stratum, [0.0, 0.0])
+        acc[0] += weight * value
+        acc[1] += weight
+    means = [total / weight for total, weight in sums.values() if weight > 0]
+    return mean(means)
 
 
 def mean(values: Sequence[float]) -> float | None:

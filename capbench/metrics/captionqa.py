@@ -30,7 +30,7 @@ from typing import Any, Literal
 from capbench.engines.base import Choice, Message, Request, Response, Sampling
 from capbench.errors import ConfigError
 from capbench.hashing import sha256_text
-from capbench.metrics.base import Judges, mean, require_judge
+from capbench.metrics.base import Judges, Unit, mean, require_judge
 from capbench.metrics.parsing import LETTERS, parse_choice
 from capbench.metrics.templates import load_template
 from capbench.records import Caption, Question, Sample, SampleScore
@@ -315,3 +315,14 @@ class CaptionQA:
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
         """Return domain and overall scores from the per-question records of ``scores``."""
         return aggregate(r for s in scores for r in s.details.get("questions", []))
+
+    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
+        """One unit per image: its mean question score, weighted by its scored questions, per domain."""
+        out: list[Unit] = []
+        for s in scores:
+            rows = [r["score"] for r in s.details.get("questions", []) if r["score"] is not None]
+            if rows:
+                out.append(
+                    (s.sample_id, str(s.details.get("domain", "default")), 100.0 * sum(rows) / len(rows), len(rows))
+                )
+        return out

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from capbench.hashing import sha256_text
-from capbench.metrics.base import Judges, mean
+from capbench.metrics.base import Judges, Unit, mean
 from capbench.metrics.facts import FactConfig, FactJudgments, FactPipeline
 from capbench.records import Caption, Sample, SampleScore
 
@@ -128,6 +128,12 @@ class DCScore:
         """Run the fact pipeline and score each caption."""
         judgments = self.pipeline.run(samples, [c.text for c in captions], judges)
         return [_sample_score(self.name, s, c, j) for s, c, j in zip(samples, captions, judgments, strict=True)]
+
+    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
+        """One unit per scored image, all in one stratum."""
+        return [
+            (s.sample_id, "all", float(s.values["dcscore"]), 1.0) for s in scores if s.values.get("dcscore") is not None
+        ]
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
         """DCScore and its parts over the scored images; failed images are counted and named."""
