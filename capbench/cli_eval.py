@@ -106,6 +106,7 @@ def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric
     modes = {
         "answer_mode": resolve_answer_mode(opts["answer_mode"], judge_spec),
         "fact_protocol": resolve_fact_protocol(opts["fact_protocol"], judge_spec),
+        "arena_order": opts.get("arena_order") or "both",
     }
     prompt_dir = str(opts["prompt_dir"]) if opts.get("prompt_dir") else None
     names = [m.strip() for m in opts["metrics"].split(",") if m.strip()]
@@ -116,8 +117,18 @@ def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric
         config = None
         if name in METRICS and config_class(name) == "FactConfig":
             config = FactConfig.preset(modes["fact_protocol"], seed=opts["seed"], prompt_dir=prompt_dir)
+        answer_mode = modes["answer_mode"]
+        if name == "arena":
+            answer_mode = "loglik" if answer_mode == "loglik" else "generate"
         metrics.append(
-            build_metric(name, config, seed=opts["seed"], answer_mode=modes["answer_mode"], prompt_dir=prompt_dir)
+            build_metric(
+                name,
+                config,
+                seed=opts["seed"],
+                answer_mode=answer_mode,
+                prompt_dir=prompt_dir,
+                order=opts.get("arena_order"),
+            )
         )
     return metrics, modes
 
@@ -128,7 +139,10 @@ def run(opts: Mapping[str, Any]) -> None:
     spec = opts.get("judge") or DEFAULT_JUDGE
     metrics, modes = build_metrics(opts, spec)
     benchmark = load_benchmark(
-        opts["benchmark"], with_images=bool(opts.get("vision_judge")), images_dir=opts.get("images_dir")
+        opts["benchmark"],
+        with_images=bool(opts.get("vision_judge")),
+        images_dir=opts.get("images_dir"),
+        data_file=opts.get("data_file"),
     )
     sets = caption_sets(opts, benchmark.example_captions)
     cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
@@ -182,6 +196,10 @@ def print_results(
     """Print a table per metric, CaptionQA's scores by domain, and the judges' usage."""
     console = Console()
     for metric in metrics:
+        if metric == "arena":
+            console.print(_arena_table(results, benchmark, judge, modes))
+            _print_failed(console, results, metric, "CapArena-Auto")
+            continue
         title, columns = _COLUMNS[metric]
         table = Table(title=f"{title} on {benchmark.name}", title_justify="left")
         table.add_column("caption set", no_wrap=True)
@@ -200,11 +218,7 @@ def print_results(
             table.add_row(*row)
         table.caption = _caption(metric, judge, modes)
         console.print(table)
-        for result in results:
-            failed = result.summaries[metric].get("failed_ids") or []
-            if failed:
-                shown = ", ".join(failed[:8]) + (" …" if len(failed) > 8 else "")
-                console.print(f"  {result.caption_set}: {len(failed)} image(s) left out of {title}: {shown}")
+        _print_failed(console, results, metric, title)
         if metric == "captionqa":
             console.print(_domain_table(results, benchmark))
     usage = Table("caption set", "judge calls", "cached", "prompt tok.", "output tok.", title="Judge usage",
@@ -215,6 +229,40 @@ def print_results(
                       ("judge_calls", "cache_hits", "prompt_tokens", "completion_tokens")))  # fmt: skip
     console.print(usage)
     console.print(f"results: {results[0].path.parent}")
+
+
+def _print_failed(console: Console, results: Sequence[RunResult], metric: str, title: str) -> None:
+    for result in results:
+        failed = result.summaries[metric].get("failed_ids") or []
+        if failed:
+            shown = ", ".join(failed[:8]) + (" …" if len(failed) > 8 else "")
+            console.print(f"  {result.caption_set}: {len(failed)} image(s) left out of {title}: {shown}")
+
+
+def _arena_table(results: Sequence[RunResult], benchmark: Benchmark, judge: str, modes: Mapping[str, str]) -> Table:
+    """CapArena-Auto: the mean score, one column per baseline, caption length and order consistency."""
+    baselines = sorted({b for r in results for b in r.summaries["arena"]["baselines"]})
+    table = Table(title=f"CapArena-Auto on {benchmark.name}", title_justify="left")
+    table.add_column("caption set", no_wrap=True)
+    table.add_column("score", justify="right", style="bold")
+    for baseline in baselines:
+        table.add_column(baseline, justify="right")
+    for label in ("words", "swap-proof %", "unscored", "judge saw"):
+        table.add_column(label, justify="right")
+    for result in results:
+        summary = result.summaries["arena"]
+        per = summary["baselines"]
+        cells = [_fmt(per[b]["score"]) if b in per else "—" for b in baselines]
+        table.add_row(
+            result.caption_set, _fmt(summary["score"]), *cells, _fmt(summary["length"]),
+            _fmt(summary["consistency"]), str(summary["failed"]), "+".join(summary["judge_mode"]),
+        )  # fmt: skip
+    order = "both orders, a win must survive the swap" if modes.get("arena_order") != "single" else "one seeded order"
+    table.caption = (
+        f"judge {judge} ({order}); score = mean over baselines (one column each) of 100 × (wins − losses) / "
+        "judged pairs; — = the caption set is that baseline; swap-proof = verdicts the same in both orders"
+    )
+    return table
 
 
 def _caption(metric: str, judge: str, modes: Mapping[str, str]) -> str:
@@ -239,7 +287,11 @@ def catalogue() -> dict[str, Any]:
     """Describe the benchmarks, metrics and engines this install offers."""
     benchmarks = []
     for name, (_, description) in BENCHMARKS.items():
-        bench = load_benchmark(name)
+        try:
+            bench = load_benchmark(name)
+        except ConfigError as exc:  # its data is a download: say what to pass instead
+            benchmarks.append({"name": name, "description": description, "needs": str(exc)})
+            continue
         benchmarks.append(
             {
                 "name": name,
@@ -285,6 +337,9 @@ def print_catalogue(info: Mapping[str, Any]) -> None:
         "benchmark", "samples", "questions", "domains", "example captions", title="Benchmarks", title_justify="left"
     )
     for b in info["benchmarks"]:
+        if "needs" in b:
+            table.add_row(b["name"], "—", "—", "—", "needs --data-file (not bundled)")
+            continue
         table.add_row(
             b["name"], str(b["samples"]), str(b["questions"]), ", ".join(b["domains"]), ", ".join(b["example_captions"])
         )

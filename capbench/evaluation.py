@@ -119,6 +119,10 @@ def check_needs(benchmark: Benchmark, metrics: Sequence[Metric]) -> None:
             raise ConfigError(
                 f"metric {metric.name!r} needs multiple-choice questions; benchmark {benchmark.name!r} has none"
             )
+        if "baselines" in metric.needs and not any(s.baselines for s in benchmark.samples):
+            raise ConfigError(
+                f"metric {metric.name!r} needs baseline captions to compare with; benchmark {benchmark.name!r} has none"
+            )
         if "reference_caption" in metric.needs and not all(
             s.reference_caption.strip() or s.reference_facts for s in benchmark.samples
         ):

@@ -74,6 +74,8 @@ class Sample:
     questions: tuple[Question, ...] = ()
     domain: str = "default"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Captions of fixed baseline models for this image, by model name (pairwise judging).
+    baselines: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ ROWS = [
 
 
 def test_fixture_in_the_official_format(tmp_path: Path):
-    bench = load_benchmark("decapbench", reference_file=_write_reference(tmp_path, ROWS))
+    bench = load_benchmark("decapbench", data_file=_write_reference(tmp_path, ROWS))
     assert [s.id for s in bench.samples] == ["aar_test_00001.jpg", "aar_test_00002.jpg"]
     assert bench.samples[0].reference_facts == ("There is a door.", "The door is red.")
     assert bench.samples[0].reference_caption == "A red door." and bench.samples[0].image is None
@@ -39,14 +39,14 @@ def test_images_from_a_folder(tmp_path: Path):
     for row in ROWS:
         Image.new("RGB", (8, 8), "red").save(images / row["image_name"])
     bench = load_benchmark(
-        "decapbench", with_images=True, images_dir=images, reference_file=_write_reference(tmp_path, ROWS)
+        "decapbench", with_images=True, images_dir=images, data_file=_write_reference(tmp_path, ROWS)
     )
     assert bench.samples[1].image.path == str(images / "aar_test_00002.jpg")
     assert len(bench.samples[1].image.sha256) == 64
     (images / "aar_test_00002.jpg").unlink()
     with pytest.raises(InputError, match=r"aar_test_00002\.jpg: image missing"):
         load_benchmark(
-            "decapbench", with_images=True, images_dir=images, reference_file=_write_reference(tmp_path, ROWS)
+            "decapbench", with_images=True, images_dir=images, data_file=_write_reference(tmp_path, ROWS)
         )
 
 
@@ -58,11 +58,11 @@ def test_images_need_a_folder():
 def test_a_file_in_another_format(tmp_path: Path):
     with pytest.raises(InputError, match="lacks 'oracle_facts'"):
         load_benchmark(
-            "decapbench", reference_file=_write_reference(tmp_path, [{"image_name": "x", "oracle_caption": "y"}])
+            "decapbench", data_file=_write_reference(tmp_path, [{"image_name": "x", "oracle_caption": "y"}])
         )
 
 
-def test_the_shipped_reference_file():
+def test_the_shipped_data_file():
     bench = load_benchmark("decapbench")
     assert len(bench.samples) == 400
     assert sum(len(s.reference_facts) for s in bench.samples) == 21215

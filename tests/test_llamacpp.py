@@ -101,3 +101,22 @@ def test_model_loads_only_when_a_request_needs_it():
     assert lazy._llm is None
     lazy.run([Request(_ask("Hi"), Sampling(max_tokens=1))])
     assert lazy._llm is not None
+
+
+def test_pairwise_judging_with_the_embedded_judge(engine):
+    """Both orders of one pair, verdicts ranked by likelihood: each order gives a verdict and scores."""
+    from capbench.metrics.arena import VERDICTS, ArenaConfig, PairJudge, PairTask
+    from capbench.records import Sample
+
+    sample = Sample("bus", None, reference_caption="A red double-decker bus on a wet city street.")
+    task = PairTask(
+        sample, "A red double-decker bus drives down a wet street.", "A green tractor in a field.", (True, False)
+    )
+    records, mode = PairJudge(ArenaConfig(answer_mode="loglik")).judge([task], {"text": engine})
+    assert mode == "reference"
+    orders = records[0]["orders"]
+    assert [o["first"] for o in orders] == ["a", "b"]
+    for order in orders:
+        assert order["reply"] in VERDICTS and len(order["option_scores"]) == 3
+        assert order["outcome"] in (0.0, 0.5, 1.0)
+    assert records[0]["outcome"] in (0.0, 0.5, 1.0)

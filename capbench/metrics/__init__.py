@@ -28,6 +28,12 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "FactConfig",
         "BalCapRL rewards: pointable precision, reference recall, linguistic quality; b-CapScore",
     ),
+    "arena": (
+        "capbench.metrics.arena",
+        "Arena",
+        "ArenaConfig",
+        "CapArena-Auto: pairwise judgments against fixed baseline captions, 100 × (wins − losses) / pairs",
+    ),
 }
 
 

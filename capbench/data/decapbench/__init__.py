@@ -21,7 +21,7 @@ NAME = "decapbench"
 DESCRIPTION = "DeCapBench: 400 IIW images, human reference captions and 21,215 reference facts (DCScore)"
 
 
-def default_reference_file() -> Path:
+def default_data_file() -> Path:
     """The reference file that ships with capbench."""
     return Path(str(resources.files("capbench.data.decapbench"))) / "human_annotated_oracle_facts.jsonl"
 
@@ -29,10 +29,10 @@ def default_reference_file() -> Path:
 def load(
     with_images: bool = False,
     images_dir: str | os.PathLike[str] | None = None,
-    reference_file: str | os.PathLike[str] | None = None,
+    data_file: str | os.PathLike[str] | None = None,
 ) -> Benchmark:
     """Load DeCapBench from its reference file; with ``with_images``, find each image in ``images_dir``."""
-    path = Path(reference_file) if reference_file is not None else default_reference_file()
+    path = Path(data_file) if data_file is not None else default_data_file()
     if with_images and images_dir is None:
         raise ConfigError(
             "DeCapBench's images are not bundled: pass --images-dir with DOCCI's AAR images (aar_test_*.jpg)"

@@ -19,7 +19,7 @@ from capbench.data import Benchmark
 from capbench.engines.cache import capbench_home
 from capbench.errors import InputError, MissingDependencyError
 from capbench.hashing import sha256_bytes
-from capbench.records import ImageRef, Question, Sample, read_jsonl
+from capbench.records import ImageRef, Question, Sample, read_caption_file, read_jsonl
 
 NAME = "mini"
 DESCRIPTION = "capbench-mini: 18 real photographs bundled with capbench (offline)"
@@ -32,18 +32,28 @@ def _data_dir() -> Path:
 
 def load(with_images: bool = False) -> Benchmark:
     """Load capbench-mini; with ``with_images``, materialise and hash every image."""
+    examples = {name: _data_dir() / "captions" / f"{name}.jsonl" for name in EXAMPLE_SETS}
+    baselines = _baselines(examples)
     samples = []
     path = _data_dir() / "samples.jsonl"
     for number, obj in read_jsonl(path):
         try:
-            samples.append(_sample(obj, with_images))
+            samples.append(_sample(obj, with_images, baselines.get(obj["id"], {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path}:{number}: malformed sample ({exc})") from None
-    examples = {name: _data_dir() / "captions" / f"{name}.jsonl" for name in EXAMPLE_SETS}
     return Benchmark(NAME, tuple(samples), DESCRIPTION, examples)
 
 
-def _sample(obj: Mapping[str, Any], with_images: bool) -> Sample:
+def _baselines(examples: Mapping[str, Path]) -> dict[str, dict[str, str]]:
+    """Return, per image, the example sets' captions: the fixed baselines of pairwise judging."""
+    out: dict[str, dict[str, str]] = {}
+    for name, path in examples.items():
+        for sample_id, text in read_caption_file(path).captions.items():
+            out.setdefault(sample_id, {})[name] = text
+    return out
+
+
+def _sample(obj: Mapping[str, Any], with_images: bool, baselines: Mapping[str, str]) -> Sample:
     questions = tuple(Question.from_dict(q) for q in obj["questions"])
     image = materialize(obj["id"], obj["image"]) if with_images else None
     return Sample(
@@ -54,6 +64,7 @@ def _sample(obj: Mapping[str, Any], with_images: bool) -> Sample:
         questions=questions,
         domain=obj["domain"],
         meta={"image_source": obj["image"]},
+        baselines=dict(baselines),
     )
 
 

@@ -1,0 +1,127 @@
+"""Agreement of a pairwise judge with human battles (CapArena's annotation format).
+
+A battle row has ``img``, ``source1``, ``source2``, ``caption1``, ``caption2``, ``ref`` and
+``winner`` (the human verdict: ``source1``, ``source2``, or anything else for a tie), and
+optionally ``cluster`` (the difficulty level). Battles with a ``"human"`` side are skipped, as
+in CapArena. Caption-level agreement counts ties (a judge tie matches only a human tie);
+model-level agreement compares the judge's bootstrap-Elo ranking with the humans' (computed
+from the same battles the same way) by Spearman and Kendall correlation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from capbench.errors import InputError
+from capbench.hashing import sha256_file
+from capbench.metrics.arena import PairJudge, PairTask
+from capbench.metrics.base import Judges
+from capbench.records import ImageRef, Sample
+
+REQUIRED = ("img", "source1", "source2", "caption1", "caption2", "ref", "winner")
+HUMAN = "human"
+
+
+def read_annotations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSON list of CapArena human battles, checking each row's fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; pass CapArena's annotation file (a JSON list of battles)")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: expected a JSON list of battles, as CapArena's caparena_annots_eval.json is")
+    for index, row in enumerate(rows):
+        missing = [k for k in REQUIRED if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise InputError(f"{path}: battle {index} lacks {', '.join(missing)} (strings); fix or drop that battle")
+    return rows
+
+
+def human_outcome(row: Mapping[str, Any]) -> float:
+    """Return source1's result by the human verdict: 1 win, 0 loss, 0.5 for anything else (a tie)."""
+    if row["winner"] == row["source1"]:
+        return 1.0
+    return 0.0 if row["winner"] == row["source2"] else 0.5
+
+
+def judge_battles(
+    rows: Sequence[Mapping[str, Any]], pairs: PairJudge, judges: Judges, images_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Judge every battle without a human side; return each with both outcomes and the raw judgments.
+
+    In single-order mode the battle is judged in its stored order, as CapArena does.
+    """
+    kept = [r for r in rows if HUMAN not in (r["source1"], r["source2"])]
+    tasks = []
+    for row in kept:
+        sample = Sample(row["img"], _image(images_dir, row["img"]), reference_caption=row["ref"])
+        orders = (True,) if pairs.cfg.order == "single" else pairs.orders(row["img"], row["source1"], row["source2"])
+        tasks.append(PairTask(sample, row["caption1"], row["caption2"], orders))
+    records, mode = pairs.judge(tasks, judges) if tasks else ([], "reference")
+    return [_judged(row, record, mode) for row, record in zip(kept, records, strict=True)]
+
+
+def _judged(row: Mapping[str, Any], record: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    return {
+        "img": row["img"],
+        "source1": row["source1"],
+        "source2": row["source2"],
+        "cluster": str(row.get("cluster", "")),
+        "human": human_outcome(row),
+        "judge": record["outcome"],
+        "consistent": record["consistent"],
+        "orders": record["orders"],
+        "judge_mode": mode,
+    }
+
+
+def _image(images_dir: Path | None, name: str) -> ImageRef | None:
+    if images_dir is None:
+        return None
+    path = images_dir / name
+    if not path.is_file():
+        raise InputError(f"{path}: image missing; --images-dir must hold the battles' images, named as in 'img'")
+    return ImageRef(str(path), sha256_file(str(path)))
+
+
+def caption_agreement(judged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Share of battles where the judge's verdict (1, 2 or tie) equals the human's, overall and per level."""
+    usable = [j for j in judged if j["judge"] is not None]
+    levels: dict[str, list[bool]] = defaultdict(list)
+    for j in usable:
+        levels[j["cluster"] or "all"].append(j["judge"] == j["human"])
+
+    def share(hits: Sequence[bool]) -> dict[str, Any]:
+        return {"agreement": 100.0 * sum(hits) / len(hits) if hits else None, "battles": len(hits)}
+
+    return {
+        **share([j["judge"] == j["human"] for j in usable]),
+        "failed": len(judged) - len(usable),
+        "judge_ties": sum(1 for j in usable if j["judge"] == 0.5),
+        "human_ties": sum(1 for j in usable if j["human"] == 0.5),
+        "levels": {level: share(hits) for level, hits in sorted(levels.items())},
+    }
+
+
+def model_agreement(judged: Sequence[Mapping[str, Any]], rounds: int = 1000, seed: int = 42) -> dict[str, Any]:
+    """Correlate the judge's bootstrap-Elo ranking of models with the humans' on the same battles."""
+    from capbench.ranking import Battle, elo_ratings, spearman_kendall
+
+    usable = [j for j in judged if j["judge"] is not None]
+    judge = elo_ratings([Battle(j["source1"], j["source2"], j["judge"]) for j in usable], rounds=rounds, seed=seed)
+    human = elo_ratings([Battle(j["source1"], j["source2"], j["human"]) for j in usable], rounds=rounds, seed=seed)
+    judge_order, human_order = [r.model for r in judge], [r.model for r in human]
+    return {
+        **spearman_kendall(judge_order, human_order),
+        "models": len(judge_order),
+        "judge_ranking": judge_order,
+        "human_ranking": human_order,
+    }

@@ -1,0 +1,150 @@
+"""What ``capbench arena`` (rank many caption sets) and ``capbench agreement`` do once their options are parsed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from capbench.cli_eval import build_judge, caption_sets
+from capbench.data import load_benchmark
+from capbench.engines import DEFAULT_JUDGE
+from capbench.engines.cache import CachedEngine, ResponseCache
+from capbench.metrics.arena import ArenaConfig, PairJudge
+from capbench.runs import atomic_write_text, write_jsonl
+
+
+def _pair_judge(opts: Mapping[str, Any]) -> tuple[PairJudge, dict[str, CachedEngine], str]:
+    spec = opts.get("judge") or DEFAULT_JUDGE
+    mode = opts["answer_mode"]
+    if mode == "auto":  # the embedded 135M judge cannot write the verdict format reliably
+        mode = "loglik" if spec == DEFAULT_JUDGE else "generate"
+    config = ArenaConfig(
+        order=opts["order"],
+        seed=opts["seed"],
+        answer_mode=mode,
+        prompt_dir=str(opts["prompt_dir"]) if opts.get("prompt_dir") else None,
+    )
+    cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
+    judges = {"text": build_judge(spec, opts, cache)}
+    if opts.get("vision_judge"):
+        judges["vision"] = build_judge(opts["vision_judge"], opts, cache, record=False)
+    return PairJudge(config), judges, spec
+
+
+def _usage(judges: Mapping[str, CachedEngine]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for judge in judges.values():
+        for key, value in judge.stats.to_dict().items():
+            if isinstance(value, int):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def run_arena(opts: Mapping[str, Any]) -> None:
+    """Run ``capbench arena``: battles between caption sets, then rankings with intervals."""
+    from capbench.tournament import Tournament, plan, rank
+
+    pairs, judges, spec = _pair_judge(opts)
+    benchmark = load_benchmark(
+        opts["benchmark"],
+        with_images=bool(opts.get("vision_judge")),
+        images_dir=opts.get("images_dir"),
+        data_file=opts.get("data_file"),
+    )
+    sets = caption_sets(opts, benchmark.example_captions)
+    tournament = Tournament(benchmark, sets, judges, pairs, opts["results_dir"])
+    matches = plan(benchmark, sets, opts.get("budget"), opts["seed"])
+    console = Console(stderr=True)
+    with console.status(f"judging {len(matches)} battles with {spec}"):
+        battles = tournament.run(matches, opts["batch_size"], opts["overwrite"])
+    report = {"benchmark": benchmark.name, "judge": spec, "order": pairs.cfg.order, **rank(battles, opts["rounds"])}
+    report["judge_usage"] = _usage(judges)
+    atomic_write_text(tournament.folder / "rankings.json", json.dumps(report, indent=2) + "\n")
+    if opts["as_json"]:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_rankings(report, tournament.folder)
+
+
+def _print_rankings(report: Mapping[str, Any], folder: Path) -> None:
+    console = Console()
+    elo = {r["model"]: r for r in report["elo"]}
+    table = Table(title=f"Arena on {report['benchmark']} ({report['battles']} battles)", title_justify="left")
+    for label in ("#", "caption set", "Bradley–Terry", "95% interval", "Elo (median)", "95% interval", "W-L-T"):
+        table.add_column(label, justify="left" if label == "caption set" else "right")
+    for place, bt in enumerate(report["bradley_terry"], start=1):
+        e = elo[bt["model"]]
+        table.add_row(
+            str(place), bt["model"], f"{bt['rating']:.0f}", f"{bt['low']:.0f} – {bt['high']:.0f}",
+            f"{e['rating']:.0f}", f"{e['low']:.0f} – {e['high']:.0f}", f"{bt['wins']}-{bt['losses']}-{bt['ties']}",
+        )  # fmt: skip
+    consistency = report["consistency"]
+    table.caption = (
+        f"judge {report['judge']} ({report['order']} order{'s' if report['order'] == 'both' else ''}); "
+        f"{report['failed']} battle(s) without a verdict left out"
+        + ("" if consistency is None else f"; verdicts that survived the order swap: {consistency:.1f}%")
+    )
+    console.print(table)
+    console.print(f"battles and rankings: {folder}")
+
+
+def run_agreement(opts: Mapping[str, Any]) -> None:
+    """Run ``capbench agreement``: judge human battles and compare with the humans' verdicts."""
+    from capbench.agreement import caption_agreement, judge_battles, model_agreement, read_annotations
+
+    rows = read_annotations(opts["annotations"])
+    if opts.get("limit"):
+        rows = rows[: opts["limit"]]
+    pairs, judges, spec = _pair_judge(opts)
+    console = Console(stderr=True)
+    with console.status(f"judging {len(rows)} battles with {spec}"):
+        judged = judge_battles(rows, pairs, judges, opts.get("images_dir"))
+    report: dict[str, Any] = {"annotations": str(opts["annotations"]), "judge": spec, "order": pairs.cfg.order}
+    report["caption_level"] = caption_agreement(judged)
+    report["model_level"] = model_agreement(judged, opts["rounds"]) if _models(judged) >= 2 else None
+    report["judge_usage"] = _usage(judges)
+    out = Path(opts["out"] or Path(opts["results_dir"]) / "agreement" / Path(opts["annotations"]).stem)
+    write_jsonl(out / "judgments.jsonl", judged)
+    atomic_write_text(out / "agreement.json", json.dumps(report, indent=2) + "\n")
+    if opts["as_json"]:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_agreement(report, out)
+
+
+def _models(judged: Sequence[Mapping[str, Any]]) -> int:
+    return len({j[k] for j in judged if j["judge"] is not None for k in ("source1", "source2")})
+
+
+def _print_agreement(report: Mapping[str, Any], out: Path) -> None:
+    console = Console()
+    level = report["caption_level"]
+    table = Table(title="Caption-level agreement with humans (ties count)", title_justify="left")
+    table.add_column("level")
+    table.add_column("battles", justify="right")
+    table.add_column("agreement %", justify="right")
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1f}"
+
+    for name, row in level["levels"].items():
+        table.add_row(name, str(row["battles"]), pct(row["agreement"]))
+    table.add_row("overall", str(level["battles"]), pct(level["agreement"]), style="bold")
+    table.caption = (
+        f"judge {report['judge']}; {level['failed']} battle(s) without a verdict left out; "
+        f"judge ties {level['judge_ties']}, human ties {level['human_ties']}"
+    )
+    console.print(table)
+    model = report["model_level"]
+    if model is not None:
+        console.print(
+            f"Model-level ({model['models']} models, bootstrap Elo): Spearman {model['spearman']:.3f}, "
+            f"Kendall {model['kendall']:.3f}"
+        )
+    console.print(f"judgments and report: {out}")

@@ -1,0 +1,168 @@
+"""Many models at once: pairwise battles between caption sets, then Bradley–Terry and Elo rankings.
+
+Battles are judged with the same :class:`~capbench.metrics.arena.PairJudge` as the ``arena``
+metric and appended to ``<results>/<benchmark>/_arena/battles.jsonl`` batch by batch, so a
+killed run resumes where it stopped; ``rankings.json`` beside it holds the ratings with 95%
+bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from capbench.data import Benchmark
+from capbench.errors import InputError
+from capbench.hashing import content_hash, sha256_text
+from capbench.metrics.arena import PairJudge, PairTask
+from capbench.metrics.base import Judges
+from capbench.records import CaptionSet, Sample, jsonl_line, read_jsonl
+from capbench.runs import atomic_write_text, safe_name
+
+
+@dataclass(frozen=True)
+class Match:
+    """One planned battle: caption sets ``a`` and ``b`` (a < b) on one image."""
+
+    sample: Sample
+    a: str
+    b: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Identify the battle."""
+        return (self.sample.id, self.a, self.b)
+
+
+def plan(benchmark: Benchmark, sets: Sequence[CaptionSet], budget: int | None = None, seed: int = 0) -> list[Match]:
+    """Return every pair of caption sets on every image both caption, or a seeded sample of ``budget``."""
+    names = sorted(s.name for s in sets)
+    by_name = {s.name: s for s in sets}
+    matches = [
+        Match(sample, a, b)
+        for sample in benchmark.samples
+        for a, b in itertools.combinations(names, 2)
+        if sample.id in by_name[a].captions and sample.id in by_name[b].captions
+    ]
+    if budget is not None and budget < len(matches):
+        matches = sorted(random.Random(f"arena-budget:{seed}").sample(matches, budget), key=lambda m: m.key)
+    return matches
+
+
+class Tournament:
+    """Judges battles between caption sets on one benchmark and ranks the sets."""
+
+    def __init__(
+        self, benchmark: Benchmark, sets: Sequence[CaptionSet], judges: Judges, pairs: PairJudge, results_dir: Path
+    ) -> None:
+        if len(sets) < 2:
+            raise InputError("a tournament needs at least two caption sets; pass --captions twice or more")
+        self.benchmark = benchmark
+        self.sets = {s.name: s for s in sets}
+        self.judges = judges
+        self.pairs = pairs
+        self.folder = Path(results_dir) / safe_name(benchmark.name) / "_arena"
+
+    @property
+    def battles_path(self) -> Path:
+        """Where battles are appended."""
+        return self.folder / "battles.jsonl"
+
+    def config(self) -> dict[str, Any]:
+        """Return what makes stored battles incomparable when it changes."""
+        judge, mode = self.pairs.pick_judge(self.judges)
+        return {
+            "benchmark": self.benchmark.name,
+            "arena": {"order": self.pairs.cfg.order, "seed": self.pairs.cfg.seed,
+                      "answer_mode": self.pairs.cfg.answer_mode, "max_tokens": self.pairs.cfg.max_tokens,
+                      "temperature": self.pairs.cfg.temperature},
+            "prompts": self.pairs.prompt_hashes(),
+            "judge": judge.fingerprint(),
+            "judge_mode": mode,
+        }  # fmt: skip
+
+    def run(self, matches: Sequence[Match], batch_size: int = 16, overwrite: bool = False) -> list[dict[str, Any]]:
+        """Judge the battles not yet stored, appending each batch; return every battle of ``matches``."""
+        config = self.config()
+        done = {} if overwrite else self._load(config)
+        if overwrite:
+            self.battles_path.unlink(missing_ok=True)
+        atomic_write_text(self.folder / "config.json", json.dumps({**config, "hash": content_hash(config)}, indent=2))
+        pending = [m for m in matches if self._row_key(m) not in done]
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            tasks = [self._task(m) for m in batch]
+            records, mode = self.pairs.judge(tasks, self.judges)
+            rows = [self._row(m, r, mode) for m, r in zip(batch, records, strict=True)]
+            self._append(rows)
+            done.update((self._row_key(m), row) for m, row in zip(batch, rows, strict=True))
+        return [done[self._row_key(m)] for m in matches]
+
+    def _task(self, match: Match) -> PairTask:
+        a, b = self.sets[match.a].captions[match.sample.id], self.sets[match.b].captions[match.sample.id]
+        return PairTask(match.sample, a, b, self.pairs.orders(match.sample.id, match.a, match.b))
+
+    def _row_key(self, match: Match) -> tuple[str, str, str, str, str]:
+        a, b = self.sets[match.a].captions[match.sample.id], self.sets[match.b].captions[match.sample.id]
+        return (*match.key, sha256_text(a), sha256_text(b))
+
+    def _row(self, match: Match, record: Mapping[str, Any], mode: str) -> dict[str, Any]:
+        key = self._row_key(match)
+        return {
+            "sample_id": match.sample.id, "model_a": match.a, "model_b": match.b,
+            "caption_a_sha256": key[3], "caption_b_sha256": key[4], "outcome": record["outcome"],
+            "consistent": record["consistent"], "orders": record["orders"], "judge_mode": mode,
+        }  # fmt: skip
+
+    def _load(self, config: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+        if not self.battles_path.exists():
+            return {}
+        stored = self.folder / "config.json"
+        if stored.exists() and json.loads(stored.read_text(encoding="utf-8")).get("hash") != content_hash(config):
+            raise InputError(
+                f"{self.folder}: its battles were judged with another judge, prompts or settings; "
+                "rerun with --overwrite to replace them, or choose another --results-dir"
+            )
+        _cut_torn_tail(self.battles_path)
+        rows = {}
+        for _, row in read_jsonl(self.battles_path):
+            key = (row["sample_id"], row["model_a"], row["model_b"], row["caption_a_sha256"], row["caption_b_sha256"])
+            rows[key] = row
+        return rows
+
+    def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.battles_path.open("a", encoding="utf-8") as handle:
+            handle.write("".join(jsonl_line(r) for r in rows))
+            handle.flush()
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop an unterminated last line, which a kill during a write leaves behind."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def rank(battles: Sequence[Mapping[str, Any]], rounds: int = 1000, seed: int = 42) -> dict[str, Any]:
+    """Rank caption sets from judged battles: Bradley–Terry and CapArena's bootstrap Elo, with 95% intervals."""
+    from capbench.ranking import Battle, bt_ratings, elo_ratings
+
+    valid = [Battle(b["model_a"], b["model_b"], b["outcome"]) for b in battles if b["outcome"] is not None]
+    failed = sum(1 for b in battles if b["outcome"] is None)
+    if not valid:
+        raise InputError("no battle has a usable verdict, so nothing can be ranked; check the judge's replies")
+    consistent = [b["consistent"] for b in battles if b.get("consistent") is not None]
+    return {
+        "battles": len(valid),
+        "failed": failed,
+        "consistency": None if not consistent else 100.0 * sum(consistent) / len(consistent),
+        "bradley_terry": [asdict(r) for r in bt_ratings(valid, rounds=rounds, seed=seed)],
+        "elo": [asdict(r) for r in elo_ratings(valid, rounds=rounds, seed=seed)],
+    }
