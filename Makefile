@@ -8,7 +8,7 @@ EXAMPLES := capbench/data/mini/captions
 # of it, and skipping that cuts the build from about 8.5 to 6.7 minutes on 2 cores.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format browser clean
 
 # One venv with the package (editable), the embedded judge, capbench-mini's images and the test tools.
 $(STAMP): pyproject.toml
@@ -33,7 +33,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix capbench tests benchmarks
 	$(BIN)/ruff format capbench tests benchmarks
 
-test: $(STAMP) lint
+# The leaderboard test opens its HTML page in headless chromium: install Debian's package when none is on PATH.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) lint browser
 	$(BIN)/pytest
 
 clean:

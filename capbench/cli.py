@@ -56,6 +56,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of the benchmark's images, for benchmarks that do not bundle them (decapbench).",
 )
+@click.option(
+    "--data-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The benchmark's own data file: caparena's caparena_auto_600.json, or another DeCapBench reference file.",
+)
 @click.option("--example-captions", is_flag=True, help="Also score the example caption sets the benchmark ships.")
 @click.option("--name", help="Name of the caption set (default: the file name); only with one --captions.")
 @click.option(
@@ -63,22 +68,22 @@ def main(ctx: click.Context, debug: bool) -> None:
     "--metrics",
     default="captionqa",
     show_default=True,
-    help="Comma-separated metrics: captionqa, dcscore, balcap.",
+    help="Comma-separated metrics: captionqa, dcscore, balcap, arena.",
 )
 @click.option("--judge", default=None, help="Text judge as ENGINE:MODEL [default: llamacpp:smollm2, embedded].")
 @click.option(
     "--vision-judge",
     default=None,
-    help="Judge that sees the image, for fact verification (ENGINE:MODEL); without one, facts are "
-    "verified against the reference caption alone.",
+    help="Judge that sees the image, for fact verification and arena (ENGINE:MODEL); without one, facts are "
+    "verified, and arena pairs judged, against the reference caption alone.",
 )
 @click.option(
     "--answer-mode",
     type=click.Choice(["auto", "letter", "loglik"]),
     default="auto",
     show_default=True,
-    help="CaptionQA: judge writes a letter (the protocol), or options ranked by likelihood; "
-    "auto = loglik for the embedded judge, letter otherwise.",
+    help="CaptionQA: judge writes a letter (the protocol), or options ranked by likelihood; arena: loglik ranks "
+    "the three verdicts; auto = loglik for the embedded judge, letter (written verdicts) otherwise.",
 )
 @click.option(
     "--fact-protocol",
@@ -88,6 +93,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     help="DCScore/balcap judge settings: official (DeCapBench: 3 matching and 3 verification samples), greedy "
     "(temperature 0, one sample each), embedded (greedy, at most 16 facts); auto = embedded for the embedded "
     "judge, official otherwise.",
+)
+@click.option(
+    "--arena-order",
+    type=click.Choice(["both", "single"]),
+    default="both",
+    show_default=True,
+    help="arena: judge both caption orders and keep only wins that survive the swap, or one seeded random "
+    "order (the official CapArena protocol).",
 )
 @click.option(
     "--prompt-dir",
@@ -142,6 +155,67 @@ def list_command(as_json: bool) -> None:
     cli_eval.print_catalogue(info)
 
 
+def _pair_options(command: Any) -> Any:
+    """Add the options every pairwise-judging command shares."""
+    options = [
+        click.option("--judge", default=None, help="Text judge as ENGINE:MODEL [default: llamacpp:smollm2, embedded]."),
+        click.option("--vision-judge", default=None, help="Judge that sees the image (ENGINE:MODEL); without one the "
+                     "judge reads the reference caption alone."),
+        click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder of the images, for a vision judge."),
+        click.option("--order", type=click.Choice(["both", "single"]), default="both", show_default=True,
+                     help="Judge both caption orders (a win must survive the swap) or one seeded random order "
+                     "(CapArena's protocol; for human battles, their stored order)."),
+        click.option("--answer-mode", type=click.Choice(["auto", "generate", "loglik"]), default="auto",
+                     show_default=True, help="generate: the judge writes a reason and a verdict; loglik: the three "
+                     "verdicts ranked by likelihood; auto = loglik for the embedded judge."),
+        click.option("--prompt-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder of prompt templates that replace capbench's own (same file names)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of order draws and judge sampling."),
+        click.option("--rounds", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="Bootstrap rounds of the rankings' intervals."),
+        click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+                     help="Where results are written."),
+        click.option("--no-cache", is_flag=True, help="Do not read or write the judge-call cache on disk."),
+        click.option("--record-judge", type=click.Path(path_type=Path), help="Record every judge reply to a cassette."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command("arena")
+@click.option("-b", "--benchmark", default="mini", show_default=True, help="Benchmark name (see `capbench list`).")
+@click.option("-c", "--captions", "caption_files", multiple=True, type=click.Path(path_type=Path),
+              help="Caption file of one model; repeat for each model.")  # fmt: skip
+@click.option("--example-captions", is_flag=True, help="Also enter the example caption sets the benchmark ships.")
+@click.option("--data-file", type=click.Path(dir_okay=False, path_type=Path), help="The benchmark's own data file.")
+@click.option("--budget", type=click.IntRange(min=1), help="Judge a seeded random sample of N battles, not all pairs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Battles per judging batch (saved after each).")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Discard stored battles instead of resuming.")
+@_pair_options
+def arena_command(**opts: Any) -> None:
+    """Rank caption sets by pairwise battles: Bradley–Terry and Elo with 95% bootstrap intervals."""
+    from capbench import cli_arena
+
+    cli_arena.run_arena({**opts, "name": None})
+
+
+@main.command("agreement")
+@click.argument("annotations", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N battles.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the judgments and report [default: <results-dir>/agreement/<file name>].")  # fmt: skip
+@_pair_options
+def agreement_command(**opts: Any) -> None:
+    """Judge human battles (CapArena's annotation format) and report agreement with the humans."""
+    from capbench import cli_arena
+
+    cli_arena.run_agreement(opts)
+
+
 @main.group("cache")
 def cache_group() -> None:
     """Inspect or clear the judge-call cache ($CAPBENCH_HOME/cache.sqlite)."""
@@ -174,6 +248,34 @@ def cache_clear(engine: str | None, yes: bool) -> None:
     if not yes and not click.confirm(f"Delete {what} in {cache.path}?"):
         return
     click.echo(f"deleted {cache.clear(engine)} cached responses")
+
+
+@main.command("leaderboard")
+@click.argument("results_dir", required=False, default=Path("results"), type=click.Path(path_type=Path))
+@click.option("-b", "--benchmark", help="Only this benchmark [default: every benchmark found].")
+@click.option(
+    "--sort",
+    metavar="COLUMN",
+    help="Rank by this column, best first for metrics [default: the first metric]; a metric, words, judges, "
+    "images, failed, model, or any CSV column.",
+)
+@click.option("--baseline", metavar="MODEL", help="Add paired differences to this caption set, with 95% intervals.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the tables and figures [default: RESULTS_DIR/leaderboard].",
+)
+@click.option("--formats", default="md,csv,tex,html", show_default=True, help="Comma-separated table formats to write.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Also draw PNG figures.")
+@click.option("--heatmap-metric", metavar="METRIC", help="Metric of the per-image heat map [default: the sort metric].")
+@click.option("--rounds", type=click.IntRange(min=100), default=1000, show_default=True, help="Bootstrap rounds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON (for scripts).")
+def leaderboard_command(**opts: Any) -> None:
+    """Rank caption sets from RESULTS_DIR (default: results): scores with 95% intervals, tables, figures."""
+    from capbench import cli_leaderboard
+
+    cli_leaderboard.run(opts)
 
 
 if __name__ == "__main__":

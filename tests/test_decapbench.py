@@ -45,9 +45,7 @@ def test_images_from_a_folder(tmp_path: Path):
     assert len(bench.samples[1].image.sha256) == 64
     (images / "aar_test_00002.jpg").unlink()
     with pytest.raises(InputError, match=r"aar_test_00002\.jpg: image missing"):
-        load_benchmark(
-            "decapbench", with_images=True, images_dir=images, data_file=_write_reference(tmp_path, ROWS)
-        )
+        load_benchmark("decapbench", with_images=True, images_dir=images, data_file=_write_reference(tmp_path, ROWS))
 
 
 def test_images_need_a_folder():
@@ -57,9 +55,7 @@ def test_images_need_a_folder():
 
 def test_a_file_in_another_format(tmp_path: Path):
     with pytest.raises(InputError, match="lacks 'oracle_facts'"):
-        load_benchmark(
-            "decapbench", data_file=_write_reference(tmp_path, [{"image_name": "x", "oracle_caption": "y"}])
-        )
+        load_benchmark("decapbench", data_file=_write_reference(tmp_path, [{"image_name": "x", "oracle_caption": "y"}]))
 
 
 def test_the_shipped_data_file():

@@ -108,3 +108,16 @@ def test_a_folder_is_not_a_caption_file(tmp_path: Path):
 def test_decapbench_style_records_use_image_path_as_id(write_json):
     path = write_json("dc.jsonl", [{"image_path": "aar_test_1.jpg", "caption": "A door."}], jsonl=True)
     assert dict(read_caption_file(path).captions) == {"aar_test_1.jpg": "A door."}
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from capbench.runs import atomic_write_text
+
+    path = tmp_path / "manifest.json"
+    atomic_write_text(path, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
