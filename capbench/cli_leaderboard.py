@@ -14,17 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from capbench.errors import ConfigError
-from capbench.leaderboard import (
-    FORMATS,
-    Board,
-    Leaderboard,
-    build_leaderboard,
-    display_rows,
-    load_results,
-    notes,
-    to_records,
-    write_tables,
-)
+from capbench.leaderboard import FORMATS, Board, Leaderboard, build_leaderboard, load_results, to_records
+from capbench.tables import display_rows, notes, write_tables
 
 
 def parse_formats(value: str) -> list[str]:

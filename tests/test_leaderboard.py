@@ -19,7 +19,6 @@ from capbench.leaderboard import (
     MetricInfo,
     bootstrap,
     build_leaderboard,
-    latex_escape,
     load_results,
     paired_difference,
     resample,
@@ -27,6 +26,7 @@ from capbench.leaderboard import (
 )
 from capbench.metrics.base import headline
 from capbench.records import SampleScore
+from capbench.tables import latex_escape
 
 pytestmark = pytest.mark.cli
 
