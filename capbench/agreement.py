@@ -10,7 +10,6 @@ from the same battles the same way) by Spearman and Kendall correlation.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from capbench.errors import InputError
 from capbench.hashing import sha256_file
 from capbench.metrics.arena import PairJudge, PairTask
 from capbench.metrics.base import Judges
-from capbench.records import ImageRef, Sample
+from capbench.records import ImageRef, Sample, read_json_file
 
 REQUIRED = ("img", "source1", "source2", "caption1", "caption2", "ref", "winner")
 HUMAN = "human"
@@ -29,13 +28,7 @@ HUMAN = "human"
 
 def read_annotations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON list of CapArena human battles, checking each row's fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; pass CapArena's annotation file (a JSON list of battles)")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not readable JSON ({exc})") from None
+    rows = read_json_file(path, "CapArena's annotation file (a JSON list of battles)")
     if not isinstance(rows, list):
         raise InputError(f"{path}: expected a JSON list of battles, as CapArena's caparena_annots_eval.json is")
     for index, row in enumerate(rows):

@@ -11,8 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from capbench.cli_eval import build_judge, caption_sets
-from capbench.data import load_benchmark
+from capbench.cli_eval import benchmark_from, build_judge, caption_sets
 from capbench.engines import DEFAULT_JUDGE
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.metrics.arena import ArenaConfig, PairJudge
@@ -51,12 +50,7 @@ def run_arena(opts: Mapping[str, Any]) -> None:
     from capbench.tournament import Tournament, plan, rank
 
     pairs, judges, spec = _pair_judge(opts)
-    benchmark = load_benchmark(
-        opts["benchmark"],
-        with_images=bool(opts.get("vision_judge")),
-        images_dir=opts.get("images_dir"),
-        data_file=opts.get("data_file"),
-    )
+    benchmark = benchmark_from(opts)
     sets = caption_sets(opts, benchmark.example_captions)
     tournament = Tournament(benchmark, sets, judges, pairs, opts["results_dir"])
     matches = plan(benchmark, sets, opts.get("budget"), opts["seed"])

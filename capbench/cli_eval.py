@@ -69,6 +69,16 @@ def resolve_fact_protocol(protocol: str, judge_spec: str) -> str:
     return "embedded" if judge_spec == DEFAULT_JUDGE else "official"
 
 
+def benchmark_from(opts: Mapping[str, Any]) -> Benchmark:
+    """Load the benchmark the options name, with images when a vision judge will look at them."""
+    return load_benchmark(
+        opts["benchmark"],
+        with_images=bool(opts.get("vision_judge")),
+        images_dir=opts.get("images_dir"),
+        data_file=opts.get("data_file"),
+    )
+
+
 def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any]) -> list[CaptionSet]:
     """Read every caption set the options name."""
     files = list(opts["caption_files"])
@@ -138,12 +148,7 @@ def run(opts: Mapping[str, Any]) -> None:
     console = Console(stderr=True)
     spec = opts.get("judge") or DEFAULT_JUDGE
     metrics, modes = build_metrics(opts, spec)
-    benchmark = load_benchmark(
-        opts["benchmark"],
-        with_images=bool(opts.get("vision_judge")),
-        images_dir=opts.get("images_dir"),
-        data_file=opts.get("data_file"),
-    )
+    benchmark = benchmark_from(opts)
     sets = caption_sets(opts, benchmark.example_captions)
     cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
     with console.status(f"loading judge {spec}"):

@@ -178,6 +178,17 @@ def jsonl_line(record: Mapping[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def read_json_file(path: str | os.PathLike[str], what: str) -> Any:
+    """Read a whole JSON file; ``what`` names the expected file in the error a missing or broken one gets."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; pass {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc}); is this {what}?") from None
+
+
 def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> CaptionSet:
     """Read a caption set from JSONL records or a JSON ``{"id": "caption"}`` mapping.
 

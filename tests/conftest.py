@@ -19,6 +19,19 @@ def capbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def prefers_longer(request) -> str:
+    """A pairwise judge reply: the longer of the two fenced captions is better; equal lengths tie."""
+    import re
+
+    text = request.messages[-1].joined_text()
+    one = re.search(r"<caption_1>\n(.*?)\n</caption_1>", text, re.S).group(1)
+    two = re.search(r"<caption_2>\n(.*?)\n</caption_2>", text, re.S).group(1)
+    verdict = (
+        "Tie" if len(one) == len(two) else ("Caption 1 is better" if len(one) > len(two) else "Caption 2 is better")
+    )
+    return json.dumps({"reason": "length", "judgment": verdict})
+
+
 class ScriptedEngine:
     """A deterministic in-process engine for unit tests: replies come from a function."""
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ScriptedEngine
+from conftest import ScriptedEngine, prefers_longer
 
 from capbench.cli import main
 from capbench.engines.base import Response
@@ -88,17 +87,6 @@ def _sample(sample_id: str, baselines: dict[str, str]) -> Sample:
     return Sample(sample_id, None, reference_caption="A red bus on a street.", baselines=baselines)
 
 
-def _prefers_longer(request) -> str:
-    """A judge that prefers the longer caption, and says tie for equal lengths."""
-    text = request.messages[-1].joined_text()
-    one = re.search(r"<caption_1>\n(.*?)\n</caption_1>", text, re.S).group(1)
-    two = re.search(r"<caption_2>\n(.*?)\n</caption_2>", text, re.S).group(1)
-    verdict = (
-        "Tie" if len(one) == len(two) else ("Caption 1 is better" if len(one) > len(two) else "Caption 2 is better")
-    )
-    return json.dumps({"reason": "length", "judgment": verdict})
-
-
 def test_caparena_auto_scores_against_each_baseline():
     samples = [
         _sample("a", {"base": "A bus.", "gpt": "A long red bus on a wet street at dusk."}),
@@ -106,7 +94,7 @@ def test_caparena_auto_scores_against_each_baseline():
         _sample("c", {"base": "A red bus on a street, long.", "gpt": "bus"}),
     ]
     captions = [Caption("a", "A red bus on a street."), Caption("b", "A red bus."), Caption("c", "A red bus!")]
-    judge = ScriptedEngine(_prefers_longer)
+    judge = ScriptedEngine(prefers_longer)
     metric = Arena()
     scores = metric.score(samples, captions, {"text": judge})
     assert len(judge.calls) == 2 * 5  # both orders; the caption equal to gpt's on b is not judged
@@ -152,7 +140,7 @@ def test_failed_judgments_are_counted_not_scored():
 def test_single_order_judges_once_in_the_drawn_order():
     samples = [_sample(f"s{i}", {"base": "A bus."}) for i in range(20)]
     captions = [Caption(s.id, "A long red bus.") for s in samples]
-    judge = ScriptedEngine(_prefers_longer)
+    judge = ScriptedEngine(prefers_longer)
     metric = Arena(ArenaConfig(order="single", seed=7))
     scores = metric.score(samples, captions, {"text": judge})
     assert len(judge.calls) == 20

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ScriptedEngine
+from conftest import ScriptedEngine, prefers_longer
 
 from capbench.agreement import caption_agreement, human_outcome, judge_battles, model_agreement, read_annotations
 from capbench.cli import main
@@ -17,16 +16,6 @@ from capbench.errors import InputError
 from capbench.metrics.arena import ArenaConfig, PairJudge
 from capbench.records import CaptionSet
 from capbench.tournament import Tournament, plan, rank
-
-
-def _prefers_longer(request) -> str:
-    text = request.messages[-1].joined_text()
-    one = re.search(r"<caption_1>\n(.*?)\n</caption_1>", text, re.S).group(1)
-    two = re.search(r"<caption_2>\n(.*?)\n</caption_2>", text, re.S).group(1)
-    verdict = (
-        "Tie" if len(one) == len(two) else ("Caption 1 is better" if len(one) > len(two) else "Caption 2 is better")
-    )
-    return json.dumps({"reason": "length", "judgment": verdict})
 
 
 def _sets(ids: list[str]) -> list[CaptionSet]:
@@ -52,7 +41,7 @@ def test_tournament_ranks_and_resumes(tmp_path: Path):
     bench = load_benchmark("mini")
     ids = [s.id for s in bench.samples]
     sets = _sets(ids)
-    judge = ScriptedEngine(_prefers_longer)
+    judge = ScriptedEngine(prefers_longer)
     tournament = Tournament(bench, sets, {"text": judge}, PairJudge(), tmp_path)
     battles = tournament.run(plan(bench, sets), batch_size=7)
     assert len(battles) == 18 * 3 and len(judge.calls) == 18 * 3 * 2
@@ -131,7 +120,7 @@ def test_human_outcome_reads_the_winner_field():
 
 def test_agreement_with_a_judge_that_prefers_longer_captions(tmp_path: Path):
     rows = read_annotations(_annotations(tmp_path))
-    judged = judge_battles(rows, PairJudge(), {"text": ScriptedEngine(_prefers_longer)})
+    judged = judge_battles(rows, PairJudge(), {"text": ScriptedEngine(prefers_longer)})
     assert len(judged) == 13  # the human-side battle is skipped
     level = caption_agreement(judged)
     assert level["agreement"] == 100.0 and level["battles"] == 13 and level["failed"] == 0
@@ -179,3 +168,12 @@ def test_cli_agreement(tmp_path: Path, scripted_cli_engine):
     assert report["caption_level"]["agreement"] == pytest.approx(100 / 13)
     lines = (out / "judgments.jsonl").read_text().splitlines()
     assert len(lines) == 13 and len(json.loads(lines[0])["orders"]) == 2  # both raw judgments stored
+
+
+def test_missing_or_broken_annotation_files(tmp_path: Path):
+    with pytest.raises(InputError, match="no such file; pass CapArena's annotation file"):
+        read_annotations(tmp_path / "none.json")
+    broken = tmp_path / "b.json"
+    broken.write_text("[{")
+    with pytest.raises(InputError, match="not readable JSON"):
+        read_annotations(broken)

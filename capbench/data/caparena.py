@@ -8,7 +8,6 @@ human reference under ``"human"``) and ``ref_model``, the baseline this image is
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from capbench.data import Benchmark
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import sha256_file
-from capbench.records import ImageRef, Sample
+from capbench.records import ImageRef, Sample, read_json_file
 
 NAME = "caparena"
 DESCRIPTION = "CapArena-Auto: 600 DOCCI images judged pairwise against fixed baselines (needs --data-file)"
@@ -47,12 +46,7 @@ def load(
 
 
 def _read(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; pass the path of caparena_auto_600.json to --data-file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not readable JSON ({exc}); is this CapArena-Auto's data file?") from None
+    data = read_json_file(path, "CapArena-Auto's data file (caparena_auto_600.json) to --data-file")
     if not isinstance(data, dict) or not data:
         raise InputError(f"{path}: expected a JSON object keyed by image file name, as caparena_auto_600.json is")
     return data
