@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import save
+
 HERE = Path(__file__).resolve().parent
 CAPBENCH = [sys.executable, "-m", "capbench.cli"]
 
@@ -73,9 +75,6 @@ def main() -> None:
             "cached_rerun": eval_run(env, results, [*limit, "--overwrite"]),
             "resumed_rerun": eval_run(env, results, limit),
         }
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "core.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [
         "| figure | value |",
         "|---|---|",
@@ -86,8 +85,7 @@ def main() -> None:
         rows.append(f"| {key.replace('_', ' ')} | {run['seconds']} s, {run['judge_calls']} judge calls, "
                     f"{run['cache_hits']} cache hits |")  # fmt: skip
     text = f"# Core figures\n\nMachine: {report['machine']}. Scope: {report['scope']}.\n\n" + "\n".join(rows) + "\n"
-    (out / "core.md").write_text(text)
-    print(text)
+    save("core", report, text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _report import save  # noqa: E402
 from oracle_engine import ORACLE, OracleEngine  # noqa: E402
 
 from capbench.data import load_benchmark  # noqa: E402
@@ -168,9 +169,6 @@ def main() -> None:
         "capbench dcscore+balcap": capbench_cost(["dcscore", "balcap"], tok),
         "official DeCapBench (DCScore)": official_cost(args.decapbench_repo, tok),
     }
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "judge_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "# Judge cost per caption (capbench-mini example captions, 54 captions, a perfect judge)",
         "",
@@ -182,8 +180,7 @@ def main() -> None:
     for name, row in rows.items():
         lines.append(f"| {name} | {row['requests']} | {row['completions']} | {row['prompt_tokens']} | "
                      f"{row['completion_tokens']} |")  # fmt: skip
-    (out / "judge_cost.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("judge_cost", rows, "\n".join(lines))
 
 
 if __name__ == "__main__":

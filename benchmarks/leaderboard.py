@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import save
 
 from capbench import __version__
 from capbench.hashing import content_hash
@@ -250,12 +251,7 @@ def main() -> None:
             },
             "bootstrap_alone": time_bootstrap_alone(root),
         }
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "leaderboard.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (out / "leaderboard.md").write_text(text)
-    print(text)
+    save("leaderboard", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from rich.table import Table
 from capbench.cli_eval import benchmark_from, build_judge, caption_sets
 from capbench.engines import DEFAULT_JUDGE
 from capbench.engines.cache import CachedEngine, ResponseCache
+from capbench.evaluation import judge_usage
 from capbench.metrics.arena import ArenaConfig, PairJudge
 from capbench.runs import atomic_write_text, write_jsonl
 
@@ -36,15 +37,6 @@ def _pair_judge(opts: Mapping[str, Any]) -> tuple[PairJudge, dict[str, CachedEng
     return PairJudge(config), judges, spec
 
 
-def _usage(judges: Mapping[str, CachedEngine]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for judge in judges.values():
-        for key, value in judge.stats.to_dict().items():
-            if isinstance(value, int):
-                total[key] = total.get(key, 0) + value
-    return total
-
-
 def run_arena(opts: Mapping[str, Any]) -> None:
     """Run ``capbench arena``: battles between caption sets, then rankings with intervals."""
     from capbench.tournament import Tournament, plan, rank
@@ -58,7 +50,7 @@ def run_arena(opts: Mapping[str, Any]) -> None:
     with console.status(f"judging {len(matches)} battles with {spec}"):
         battles = tournament.run(matches, opts["batch_size"], opts["overwrite"])
     report = {"benchmark": benchmark.name, "judge": spec, "order": pairs.cfg.order, **rank(battles, opts["rounds"])}
-    report["judge_usage"] = _usage(judges)
+    report["judge_usage"] = judge_usage(judges)
     atomic_write_text(tournament.folder / "rankings.json", json.dumps(report, indent=2) + "\n")
     if opts["as_json"]:
         click.echo(json.dumps(report, indent=2))
@@ -102,7 +94,7 @@ def run_agreement(opts: Mapping[str, Any]) -> None:
     report: dict[str, Any] = {"annotations": str(opts["annotations"]), "judge": spec, "order": pairs.cfg.order}
     report["caption_level"] = caption_agreement(judged)
     report["model_level"] = model_agreement(judged, opts["rounds"]) if _models(judged) >= 2 else None
-    report["judge_usage"] = _usage(judges)
+    report["judge_usage"] = judge_usage(judges)
     out = Path(opts["out"] or Path(opts["results_dir"]) / "agreement" / Path(opts["annotations"]).stem)
     write_jsonl(out / "judgments.jsonl", judged)
     atomic_write_text(out / "agreement.json", json.dumps(report, indent=2) + "\n")

@@ -208,7 +208,7 @@ class Evaluator:
             status = "interrupted"
             raise
         finally:
-            stats = self._session_stats(before)
+            stats = judge_usage(self.cached_judges, before)
             session = {"started": _iso(started), "seconds": round(time.time() - started, 3), "status": status}
             sessions.append({**session, **stats})
             run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status))
@@ -258,16 +258,6 @@ class Evaluator:
             done.update((s.sample_id, s) for s in new)
         return [done[s.id] for s in samples]
 
-    def _session_stats(self, before: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-        """Return judge usage since ``before``, summed over roles."""
-        total: dict[str, Any] = {}
-        for role, judge in self.cached_judges.items():
-            now = _snapshot(judge.stats)
-            for key, value in now.items():
-                if isinstance(value, (int, float)):
-                    total[key] = total.get(key, 0) + value - before[role].get(key, 0)
-        return total
-
     def _manifest(
         self,
         captions: CaptionSet,
@@ -294,6 +284,19 @@ class Evaluator:
             "status": status,
             "updated": _iso(time.time()),
         }
+
+
+def judge_usage(
+    judges: Mapping[str, CachedEngine], before: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Return the judges' usage (calls, cache hits, tokens, …) summed over roles, since ``before`` if given."""
+    total: dict[str, Any] = {}
+    for role, judge in judges.items():
+        start = (before or {}).get(role, {})
+        for key, value in _snapshot(judge.stats).items():
+            if isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value - start.get(key, 0)
+    return total
 
 
 def _snapshot(stats: CallStats) -> dict[str, Any]:

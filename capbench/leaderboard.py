@@ -20,8 +20,8 @@ from capbench.errors import CapbenchError, ConfigError, InputError
 from capbench.hashing import content_hash
 from capbench.metrics import METRICS, build_metric
 from capbench.metrics.base import Metric, Unit, headline
-from capbench.records import SampleScore
-from capbench.runs import safe_name
+from capbench.records import SampleScore, read_caption_file
+from capbench.runs import ScoreLog, safe_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -182,13 +182,13 @@ def _build(name: str, path: Path, warnings: list[str]) -> Metric | None:
 
 def _read_captions(path: Path, warnings: list[str]) -> dict[str, str]:
     """Return the scored captions by id ({} with a warning if the file is missing or broken)."""
-    try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {str(r["id"]): str(r["caption"]) for r in records}
-    except FileNotFoundError:
+    if not path.exists():
         warnings.append(f"{path}: missing; caption lengths unknown for that run")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        warnings.append(f"{path}: unreadable ({exc}); caption lengths unknown for that run")
+        return {}
+    try:
+        return dict(read_caption_file(path).captions)
+    except InputError as exc:
+        warnings.append(f"{exc}; caption lengths unknown for that run")
     return {}
 
 
@@ -200,27 +200,10 @@ def read_scores(path: Path, warnings: list[str]) -> list[SampleScore]:
     Raises:
         InputError: the file cannot be read, or a finished line is not a score record.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    lines = raw.split(b"\n")
-    if raw and not raw.endswith(b"\n"):
+    log = ScoreLog(path)
+    if log.torn:
         warnings.append(f"{path}: its last line is unfinished (a run still writing, or killed); left that line out")
-        lines = lines[:-1]
-    scores: dict[str, SampleScore] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            score = SampleScore.from_dict(json.loads(line))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InputError(
-                f"{path}:{number}: not a capbench score record ({exc}); rerun `capbench eval --overwrite` "
-                "for this caption set, or move its folder out of the results folder"
-            ) from None
-        scores[score.sample_id] = score
-    return list(scores.values())
+    return list(log.load(repair=False).values())
 
 
 def _load_metric(

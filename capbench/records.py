@@ -140,8 +140,10 @@ class SampleScore:
         )
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: str | os.PathLike[str], finished_only: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` for each non-blank line of a JSONL file.
+
+    With ``finished_only``, an unterminated last line (a write in progress or cut by a kill) is skipped.
 
     Raises:
         InputError: the file is missing, a line is not UTF-8, not JSON, or not an object.
@@ -153,7 +155,10 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
         raise InputError(f"{path}: no such file; check the path") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    lines = raw.split(b"\n")
+    if finished_only and raw and not raw.endswith(b"\n"):
+        lines = lines[:-1]
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         yield number, _decode_json_line(path, number, line)

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,40 +54,42 @@ def safe_name(name: str) -> str:
     return cleaned or "unnamed"
 
 
-class ScoreLog:
-    """An append-only JSONL file of one metric's per-sample scores."""
+class JsonlLog:
+    """An append-only JSONL file that survives a kill: one write and an fsync per append."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> dict[str, SampleScore]:
-        """Return the scores written so far, by sample id, dropping a torn last line."""
+    @property
+    def torn(self) -> bool:
+        """Whether the last line is unterminated: a kill during a write, or a writer still at work."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with self.path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+
+    def rows(self, repair: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Yield ``(line number, object)`` per finished line; with ``repair``, first cut a torn last line.
+
+        Without ``repair`` the file is left as it is (for readers while a run may be writing).
+        """
         if not self.path.exists():
-            return {}
-        self._repair_tail()
-        scores: dict[str, SampleScore] = {}
-        for number, obj in read_jsonl(self.path):
-            try:
-                score = SampleScore.from_dict(obj)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(
-                    f"{self.path}:{number}: not a capbench score record ({exc}); "
-                    "move the file away or rerun with --overwrite"
-                ) from None
-            scores[score.sample_id] = score
-        return scores
+            return
+        if repair:
+            self._repair_tail()
+        yield from read_jsonl(self.path, finished_only=True)
 
     def _repair_tail(self) -> None:
-        """Cut an unterminated last line: what a kill during a write leaves behind."""
+        """Cut an unterminated last line, so the next append starts a line of its own."""
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
             with self.path.open("r+b") as handle:
-                handle.truncate(keep)
+                handle.truncate(data.rfind(b"\n") + 1)
 
-    def append(self, scores: Iterable[SampleScore]) -> None:
-        """Append scores with one write, then flush to disk."""
-        payload = "".join(jsonl_line(s.to_dict()) for s in scores).encode("utf-8")
+    def append_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows with one write, then flush to disk."""
+        payload = "".join(jsonl_line(r) for r in rows).encode("utf-8")
         if not payload:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,32 @@ class ScoreLog:
     def reset(self) -> None:
         """Delete the log (for --overwrite)."""
         self.path.unlink(missing_ok=True)
+
+
+class ScoreLog(JsonlLog):
+    """The log of one metric's per-sample scores."""
+
+    def load(self, repair: bool = True) -> dict[str, SampleScore]:
+        """Return the scores written so far, by sample id (the last record of a sample wins).
+
+        Raises:
+            InputError: a finished line is not a score record.
+        """
+        scores: dict[str, SampleScore] = {}
+        for number, obj in self.rows(repair):
+            try:
+                score = SampleScore.from_dict(obj)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise InputError(
+                    f"{self.path}:{number}: not a capbench score record ({exc}); "
+                    "move the file away or rerun with --overwrite"
+                ) from None
+            scores[score.sample_id] = score
+        return scores
+
+    def append(self, scores: Iterable[SampleScore]) -> None:
+        """Append scores with one write, then flush to disk."""
+        self.append_rows(s.to_dict() for s in scores)
 
 
 class RunDir:

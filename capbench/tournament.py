@@ -18,11 +18,12 @@ from typing import Any
 
 from capbench.data import Benchmark
 from capbench.errors import InputError
+from capbench.evaluation import select_samples
 from capbench.hashing import content_hash, sha256_text
 from capbench.metrics.arena import PairJudge, PairTask
 from capbench.metrics.base import Judges
-from capbench.records import CaptionSet, Sample, jsonl_line, read_jsonl
-from capbench.runs import atomic_write_text, safe_name
+from capbench.records import CaptionSet, Sample
+from capbench.runs import JsonlLog, atomic_write_text, safe_name
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Match:
 
 def plan(benchmark: Benchmark, sets: Sequence[CaptionSet], budget: int | None = None, seed: int = 0) -> list[Match]:
     """Return every pair of caption sets on every image both caption, or a seeded sample of ``budget``."""
+    for caption_set in sets:
+        select_samples(benchmark, caption_set)  # refuses ids the benchmark does not have
     names = sorted(s.name for s in sets)
     by_name = {s.name: s for s in sets}
     matches = [
@@ -49,6 +52,8 @@ def plan(benchmark: Benchmark, sets: Sequence[CaptionSet], budget: int | None = 
         for a, b in itertools.combinations(names, 2)
         if sample.id in by_name[a].captions and sample.id in by_name[b].captions
     ]
+    if not matches and len(sets) > 1:
+        raise InputError("no image is captioned by two of the caption sets, so there is nothing to compare")
     if budget is not None and budget < len(matches):
         matches = sorted(random.Random(f"arena-budget:{seed}").sample(matches, budget), key=lambda m: m.key)
     return matches
@@ -67,20 +72,19 @@ class Tournament:
         self.judges = judges
         self.pairs = pairs
         self.folder = Path(results_dir) / safe_name(benchmark.name) / "_arena"
+        self.log = JsonlLog(self.folder / "battles.jsonl")
 
     @property
     def battles_path(self) -> Path:
         """Where battles are appended."""
-        return self.folder / "battles.jsonl"
+        return self.log.path
 
     def config(self) -> dict[str, Any]:
         """Return what makes stored battles incomparable when it changes."""
         judge, mode = self.pairs.pick_judge(self.judges)
         return {
             "benchmark": self.benchmark.name,
-            "arena": {"order": self.pairs.cfg.order, "seed": self.pairs.cfg.seed,
-                      "answer_mode": self.pairs.cfg.answer_mode, "max_tokens": self.pairs.cfg.max_tokens,
-                      "temperature": self.pairs.cfg.temperature},
+            "arena": self.pairs.settings(),
             "prompts": self.pairs.prompt_hashes(),
             "judge": judge.fingerprint(),
             "judge_mode": mode,
@@ -91,7 +95,7 @@ class Tournament:
         config = self.config()
         done = {} if overwrite else self._load(config)
         if overwrite:
-            self.battles_path.unlink(missing_ok=True)
+            self.log.reset()
         atomic_write_text(self.folder / "config.json", json.dumps({**config, "hash": content_hash(config)}, indent=2))
         pending = [m for m in matches if self._row_key(m) not in done]
         for start in range(0, len(pending), batch_size):
@@ -99,7 +103,7 @@ class Tournament:
             tasks = [self._task(m) for m in batch]
             records, mode = self.pairs.judge(tasks, self.judges)
             rows = [self._row(m, r, mode) for m, r in zip(batch, records, strict=True)]
-            self._append(rows)
+            self.log.append_rows(rows)
             done.update((self._row_key(m), row) for m, row in zip(batch, rows, strict=True))
         return [done[self._row_key(m)] for m in matches]
 
@@ -123,31 +127,31 @@ class Tournament:
         if not self.battles_path.exists():
             return {}
         stored = self.folder / "config.json"
-        if stored.exists() and json.loads(stored.read_text(encoding="utf-8")).get("hash") != content_hash(config):
+        if stored.exists() and _stored_hash(stored) != content_hash(config):
             raise InputError(
                 f"{self.folder}: its battles were judged with another judge, prompts or settings; "
                 "rerun with --overwrite to replace them, or choose another --results-dir"
             )
-        _cut_torn_tail(self.battles_path)
         rows = {}
-        for _, row in read_jsonl(self.battles_path):
-            key = (row["sample_id"], row["model_a"], row["model_b"], row["caption_a_sha256"], row["caption_b_sha256"])
+        for number, row in self.log.rows():
+            try:
+                key = tuple(str(row[k]) for k in _KEY)
+            except KeyError as exc:
+                raise InputError(
+                    f"{self.battles_path}:{number}: not a capbench battle (no {exc.args[0]!r}); rerun with --overwrite"
+                ) from None
             rows[key] = row
         return rows
 
-    def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.battles_path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(jsonl_line(r) for r in rows))
-            handle.flush()
+
+_KEY = ("sample_id", "model_a", "model_b", "caption_a_sha256", "caption_b_sha256")
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Drop an unterminated last line, which a kill during a write leaves behind."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+def _stored_hash(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("hash")
+    except (ValueError, AttributeError):
+        return None  # unreadable: treated as other settings, so the user is told to --overwrite
 
 
 def rank(battles: Sequence[Mapping[str, Any]], rounds: int = 1000, seed: int = 42) -> dict[str, Any]:

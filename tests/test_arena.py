@@ -150,16 +150,18 @@ def test_single_order_judges_once_in_the_drawn_order():
     assert metric.summarize(scores)["score"] == 100.0
 
 
-def test_loglik_mode_ranks_the_three_verdicts_per_token():
+def test_loglik_mode_takes_the_option_the_engine_ranked_best():
     judge = ScriptedEngine(
-        lambda r: Response(texts=("Tie",), option_logprobs=(-8.0, -2.0, -1.5), option_tokens=(5, 5, 1))
+        lambda r: Response(texts=("Caption 2 is better",), option_logprobs=(-8.0, -2.0, -1.5), option_tokens=(5, 5, 1))
     )
     task = PairTask(_sample("a", {}), "x", "y", (True, False))
     records, mode = PairJudge(ArenaConfig(answer_mode="loglik")).judge([task], {"text": judge})
-    # per token: -1.6, -0.4, -1.5 -> "Caption 2 is better" in both orders: no survivor, a tie
+    # "Caption 2 is better" in both orders: B wins when A is first, A wins when B is: no survivor, a tie
     assert [o["verdict"] for o in records[0]["orders"]] == ["2", "2"]
+    assert [o["outcome"] for o in records[0]["orders"]] == [0.0, 1.0]
     assert records[0]["outcome"] == 0.5 and mode == "reference"
-    assert judge.calls[0].constraint.loglik
+    assert records[0]["orders"][0]["option_logprobs"] == [-8.0, -2.0, -1.5]
+    assert judge.calls[0].constraint.loglik and judge.calls[0].constraint.options[2] == "Tie"
 
 
 def test_vision_judge_sees_the_image(tmp_path: Path):

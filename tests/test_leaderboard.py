@@ -262,7 +262,7 @@ def test_unreadable_results_are_reported_not_crashed(results: Path, tmp_path: Pa
     with (root / "mini" / "detailed" / "dcscore.jsonl").open("a") as handle:
         handle.write("ing\nnot json\n")
     broken = _cli("leaderboard", str(root), "--no-figures", ok=False)
-    assert broken.exit_code == 1 and "dcscore.jsonl:19: not a capbench score record" in broken.output
+    assert broken.exit_code == 1 and "dcscore.jsonl:19: not valid JSON" in broken.output
     assert "Traceback" not in broken.output
 
 

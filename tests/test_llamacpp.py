@@ -117,6 +117,7 @@ def test_pairwise_judging_with_the_embedded_judge(engine):
     orders = records[0]["orders"]
     assert [o["first"] for o in orders] == ["a", "b"]
     for order in orders:
-        assert order["reply"] in VERDICTS and len(order["option_scores"]) == 3
+        assert order["reply"] in VERDICTS and len(order["option_logprobs"]) == 3
+        assert all(lp < 0 for lp in order["option_logprobs"])
         assert order["outcome"] in (0.0, 0.5, 1.0)
     assert records[0]["outcome"] in (0.0, 0.5, 1.0)

@@ -37,6 +37,14 @@ def test_plan_takes_every_pair_or_a_seeded_budget():
     assert {m.key for m in budget} <= {m.key for m in matches}
 
 
+def test_plan_refuses_unknown_ids_and_sets_without_shared_images():
+    bench = load_benchmark("mini")
+    with pytest.raises(InputError, match=r"1 id\(s\) are not in benchmark 'mini'"):
+        plan(bench, [CaptionSet("a", {"nosuch": "x"}), CaptionSet("b", {"astronaut": "y"})])
+    with pytest.raises(InputError, match="no image is captioned by two of the caption sets"):
+        plan(bench, [CaptionSet("a", {"camera": "x"}), CaptionSet("b", {"astronaut": "y"})])
+
+
 def test_tournament_ranks_and_resumes(tmp_path: Path):
     bench = load_benchmark("mini")
     ids = [s.id for s in bench.samples]
@@ -59,6 +67,10 @@ def test_tournament_ranks_and_resumes(tmp_path: Path):
     path.write_bytes(path.read_bytes() + b'{"sample_id": "astro')
     Tournament(bench, sets, {"text": judge}, PairJudge(), tmp_path).run(plan(bench, sets))
     assert len(judge.calls) == 18 * 3 * 2
+    # a finished line that is no battle is named
+    path.write_text(path.read_text() + '{"hello": 1}\n')
+    with pytest.raises(InputError, match=r"battles.jsonl:\d+: not a capbench battle"):
+        Tournament(bench, sets, {"text": judge}, PairJudge(), tmp_path).run(plan(bench, sets))
     # other judge settings: refuse to mix
     with pytest.raises(InputError, match="--overwrite"):
         Tournament(bench, sets, {"text": judge}, PairJudge(ArenaConfig(order="single")), tmp_path).run([])

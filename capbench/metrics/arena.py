@@ -168,6 +168,12 @@ class PairJudge:
         """Return the hashes of the prompt templates in use."""
         return {t.name: t.sha256 for t in (self._system, self._user)}
 
+    def settings(self) -> dict[str, Any]:
+        """Return the settings that change verdicts (prompts aside)."""
+        cfg = self.cfg
+        return {"order": cfg.order, "seed": cfg.seed, "answer_mode": cfg.answer_mode, "max_tokens": cfg.max_tokens,
+                "temperature": cfg.temperature}  # fmt: skip
+
     def orders(self, sample_id: str, a: str, b: str) -> tuple[bool, ...]:
         """Return the orders to judge for a pair under this configuration."""
         return (True, False) if self.cfg.order == "both" else (single_order(self.cfg.seed, sample_id, a, b),)
@@ -227,14 +233,9 @@ class PairJudge:
         if not response.ok:
             return {**record, "verdict": None, "outcome": None, "reply": None, "error": response.error or "no response"}
         if response.option_logprobs is not None:
-            per_token = [
-                lp / max(1, n) for lp, n in zip(response.option_logprobs, response.option_tokens or (), strict=False)
-            ]
-            best = max(range(len(per_token)), key=per_token.__getitem__) if per_token else None
-            verdict = None if best is None else _AS_VERDICT[VERDICTS[best]]
-            record.update(
-                reply=None if best is None else VERDICTS[best], option_scores=[round(x, 6) for x in per_token]
-            )
+            # A loglik choice names its best option as the reply (the engine's per-token ranking).
+            verdict = _AS_VERDICT.get(response.text)
+            record.update(reply=response.text, option_logprobs=list(response.option_logprobs))
         else:
             verdict, reason = parse_judgment(response.text)
             record.update(reply=response.text, reason=reason)
@@ -259,13 +260,7 @@ class Arena:
 
     def config(self) -> dict[str, Any]:
         """Return the settings that change scores."""
-        return {
-            "order": self.cfg.order,
-            "seed": self.cfg.seed,
-            "answer_mode": self.cfg.answer_mode,
-            "max_tokens": self.cfg.max_tokens,
-            "temperature": self.cfg.temperature,
-        }
+        return self.pairs.settings()
 
     def prompt_hashes(self) -> dict[str, str]:
         """Return the hashes of the prompt templates in use."""

@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from capbench.hashing import sha256_text
-from capbench.metrics.base import Judges, Unit, mean
-from capbench.metrics.facts import RATINGS, FactConfig, FactJudgments, FactPipeline, Verdicts
-from capbench.records import Caption, Sample, SampleScore
+from capbench.metrics.base import mean
+from capbench.metrics.facts import RATINGS, FactConfig, FactJudgments, FactMetric, Verdicts
+from capbench.records import SampleScore
 
 KEYS = ("precision", "recall", "linguistic", "b_capscore")
 
@@ -63,42 +62,18 @@ def score_judgments(judgments: FactJudgments) -> dict[str, float | None]:
     }
 
 
-class BalCap:
+class BalCap(FactMetric):
     """The three BalCapRL rewards and b-CapScore."""
 
     name = "balcap"
-    higher_is_better = True
-    value_range = (0.0, 100.0)
-    needs = frozenset({"reference_caption"})
-    judge_roles = ("text", "vision")
+    stages = ("match", "verify", "linguistic")
+    linguistic = True
+    keys = KEYS
+    headline = "b_capscore"
 
-    def __init__(self, config: FactConfig | None = None) -> None:
-        self.pipeline = FactPipeline(config)
-
-    def config(self) -> dict[str, Any]:
-        """Return the judge settings."""
-        return self.pipeline.cfg.settings()
-
-    def prompt_hashes(self) -> dict[str, str]:
-        """Return the hashes of the templates of every stage."""
-        return self.pipeline.prompt_hashes(("match", "verify", "linguistic"))
-
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
-        """Four requests per caption (decompose, rate, match, verify), one more per missing reference."""
-        return sum(4 + (0 if s.reference_facts else 1) for s in samples)
-
-    def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
-        """Run the fact pipeline with the linguistic rating, and score each caption."""
-        judgments = self.pipeline.run(samples, [c.text for c in captions], judges, linguistic=True)
-        return [_sample_score(self.name, s, c, j) for s, c, j in zip(samples, captions, judgments, strict=True)]
-
-    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
-        """One unit per scored image, all in one stratum."""
-        return [
-            (s.sample_id, "all", float(s.values["b_capscore"]), 1.0)
-            for s in scores
-            if s.values.get("b_capscore") is not None
-        ]
+    def values(self, judgments: FactJudgments) -> dict[str, float | None]:
+        """Return precision, recall and linguistic in [0, 1], and b-CapScore (None without a rating)."""
+        return score_judgments(judgments)
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
         """Means over the scored captions (×100); failed captions are counted and named."""
@@ -113,15 +88,4 @@ class BalCap:
         return out
 
 
-def _sample_score(metric: str, sample: Sample, caption: Caption, judgments: FactJudgments) -> SampleScore:
-    error = judgments.error(need_linguistic=True)
-    values: dict[str, float | None] = dict.fromkeys(KEYS) if judgments.error() else score_judgments(judgments)
-    details = {**judgments.log(), "error": error, "references": len(judgments.references)}
-    return SampleScore(
-        sample_id=sample.id,
-        metric=metric,
-        values=values,
-        details=details,
-        unscored=len(judgments.failures) + (1 if error else 0),
-        caption_sha256=sha256_text(caption.text),
-    )
+__all__ = ["KEYS", "BalCap", "FactConfig", "b_capscore", "score_judgments"]

@@ -20,10 +20,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from capbench.hashing import sha256_text
-from capbench.metrics.base import Judges, Unit, mean
-from capbench.metrics.facts import FactConfig, FactJudgments, FactPipeline
-from capbench.records import Caption, Sample, SampleScore
+from capbench.metrics.base import mean
+from capbench.metrics.facts import FactConfig, FactJudgments, FactMetric
+from capbench.records import SampleScore
 
 KEYS = ("precision", "recall", "f1", "precision_descriptive", "recall_descriptive", "f1_descriptive")
 
@@ -100,40 +99,16 @@ def summarize_images(values: Sequence[dict[str, Any]], failed: Sequence[str]) ->
     return out
 
 
-class DCScore:
+class DCScore(FactMetric):
     """DCScore over samples with reference facts (or reference captions to decompose)."""
 
     name = "dcscore"
-    higher_is_better = True
-    value_range = (0.0, 100.0)
-    needs = frozenset({"reference_caption"})
-    judge_roles = ("text", "vision")
+    keys = (*KEYS, "dcscore")
+    headline = "dcscore"
 
-    def __init__(self, config: FactConfig | None = None) -> None:
-        self.pipeline = FactPipeline(config)
-
-    def config(self) -> dict[str, Any]:
-        """Return the judge settings."""
-        return self.pipeline.cfg.settings()
-
-    def prompt_hashes(self) -> dict[str, str]:
-        """Return the hashes of the decompose, match and verify templates."""
-        return self.pipeline.prompt_hashes(("match", "verify"))
-
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
-        """Three requests per caption (decompose, match, verify), one more per missing reference."""
-        return sum(3 + (0 if s.reference_facts else 1) for s in samples)
-
-    def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
-        """Run the fact pipeline and score each caption."""
-        judgments = self.pipeline.run(samples, [c.text for c in captions], judges)
-        return [_sample_score(self.name, s, c, j) for s, c, j in zip(samples, captions, judgments, strict=True)]
-
-    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
-        """One unit per scored image, all in one stratum."""
-        return [
-            (s.sample_id, "all", float(s.values["dcscore"]), 1.0) for s in scores if s.values.get("dcscore") is not None
-        ]
+    def values(self, judgments: FactJudgments) -> dict[str, float | None]:
+        """Return the trial-averaged precision, recall and F1 (all and descriptive) and the image's DCScore."""
+        return score_judgments(judgments)
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
         """DCScore and its parts over the scored images; failed images are counted and named."""
@@ -144,15 +119,4 @@ class DCScore:
         return summary
 
 
-def _sample_score(metric: str, sample: Sample, caption: Caption, judgments: FactJudgments) -> SampleScore:
-    error = judgments.error()
-    values = dict.fromkeys((*KEYS, "dcscore")) if error else score_judgments(judgments)
-    details = {**judgments.log(), "error": error, "references": len(judgments.references)}
-    return SampleScore(
-        sample_id=sample.id,
-        metric=metric,
-        values=values,
-        details=details,
-        unscored=len(judgments.failures) + (1 if error else 0),
-        caption_sha256=sha256_text(caption.text),
-    )
+__all__ = ["KEYS", "DCScore", "FactConfig", "score_judgments", "summarize_images"]

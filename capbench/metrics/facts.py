@@ -24,10 +24,11 @@ from typing import Any
 
 from capbench.engines.base import Engine, ImagePart, JsonSchema, Message, Request, Response, Sampling, TextPart
 from capbench.errors import ConfigError
-from capbench.metrics.base import Judges, require_judge
+from capbench.hashing import sha256_text
+from capbench.metrics.base import Judges, Unit, require_judge
 from capbench.metrics.parsing import parse_json
 from capbench.metrics.templates import load_template
-from capbench.records import Sample
+from capbench.records import Caption, Sample, SampleScore
 
 RATINGS = ("clarity", "fluency", "coherence")
 _TRUE = {True, "1", "true", "yes", "correct", "True", "Yes"}
@@ -467,3 +468,68 @@ def _rating(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return number if 1 <= number <= 10 else None
+
+
+class FactMetric:
+    """What the fact metrics share: one pipeline, its settings, and one record per captioned sample.
+
+    A subclass names its stages and headline value, and turns a caption's judgments into values.
+    """
+
+    name = ""
+    higher_is_better = True
+    value_range = (0.0, 100.0)
+    needs = frozenset({"reference_caption"})
+    judge_roles = ("text", "vision")
+    #: Stages after decomposition whose prompts the metric uses.
+    stages: tuple[str, ...] = ("match", "verify")
+    #: Whether the linguistic rating is asked for.
+    linguistic = False
+    #: The per-sample values; ``headline`` is the one the headline score averages.
+    keys: tuple[str, ...] = ()
+    headline = ""
+
+    def __init__(self, config: FactConfig | None = None) -> None:
+        self.pipeline = FactPipeline(config)
+
+    def config(self) -> dict[str, Any]:
+        """Return the judge settings."""
+        return self.pipeline.cfg.settings()
+
+    def prompt_hashes(self) -> dict[str, str]:
+        """Return the hashes of the templates of the metric's stages (decomposition included)."""
+        return self.pipeline.prompt_hashes(self.stages)
+
+    def planned_requests(self, samples: Sequence[Sample]) -> int:
+        """Decompose, match and verify (and rate) per caption, one more per reference to decompose."""
+        per_caption = 3 + int(self.linguistic)
+        return sum(per_caption + (0 if s.reference_facts else 1) for s in samples)
+
+    def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
+        """Run the fact pipeline over the batch and score each caption."""
+        judgments = self.pipeline.run(samples, [c.text for c in captions], judges, linguistic=self.linguistic)
+        return [self._sample_score(s, c, j) for s, c, j in zip(samples, captions, judgments, strict=True)]
+
+    def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
+        """One unit per scored image, all in one stratum."""
+        return [
+            (s.sample_id, "all", float(s.values[self.headline]), 1.0)
+            for s in scores
+            if s.values.get(self.headline) is not None
+        ]
+
+    def values(self, judgments: FactJudgments) -> dict[str, float | None]:
+        """Return the sample's values from judgments that can be scored."""
+        raise NotImplementedError
+
+    def _sample_score(self, sample: Sample, caption: Caption, judgments: FactJudgments) -> SampleScore:
+        error = judgments.error(need_linguistic=self.linguistic)
+        values = dict.fromkeys(self.keys) if judgments.error() else self.values(judgments)
+        return SampleScore(
+            sample_id=sample.id,
+            metric=self.name,
+            values=values,
+            details={**judgments.log(), "error": error, "references": len(judgments.references)},
+            unscored=len(judgments.failures) + (1 if error else 0),
+            caption_sha256=sha256_text(caption.text),
+        )
