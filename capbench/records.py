@@ -76,6 +76,13 @@ class Sample:
     meta: Mapping[str, Any] = field(default_factory=dict)
     #: Captions of fixed baseline models for this image, by model name (pairwise judging).
     baselines: Mapping[str, str] = field(default_factory=dict)
+    #: Further views of the same item (CaptionQA has multi-view entries); ``image`` is the first.
+    more_images: tuple[ImageRef, ...] = ()
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        """Every image of the item, in order (none when images were not loaded)."""
+        return () if self.image is None else (self.image, *self.more_images)
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ class PairJudge:
         user = self._user.render(
             reference=fence(sample.reference_caption), caption_1=fence(caption_1), caption_2=fence(caption_2)
         )
-        image = (ImagePart(sample.image),) if with_image and sample.image is not None else ()
+        image = tuple(ImagePart(i) for i in sample.images) if with_image else ()
         messages = (Message.text("system", system), Message("user", (*image, TextPart(user))))
         if self.cfg.answer_mode == "loglik":
             return Request(messages, Sampling(max_tokens=1, temperature=0.0), Choice(VERDICTS, loglik=True))

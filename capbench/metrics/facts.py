@@ -206,10 +206,10 @@ class FactPipeline:
 
     # ------------------------------------------------------------ requests
 
-    def _messages(self, stage: str, image: ImagePart | None = None, **fields: str) -> tuple[Message, ...]:
+    def _messages(self, stage: str, images: tuple[ImagePart, ...] = (), **fields: str) -> tuple[Message, ...]:
         system = self.templates[(stage, "system")].render()
         user = self.templates[(stage, "user")].render(**fields)
-        parts = ((image,) if image is not None else ()) + (TextPart(user),)
+        parts = (*images, TextPart(user))
         return (Message.text("system", system), Message("user", parts))
 
     def _sampling(self, temperature: float, n: int = 1) -> Sampling:
@@ -239,11 +239,11 @@ class FactPipeline:
 
     def verify_request(self, sample: Sample, facts: Sequence[Fact], with_image: bool) -> Request:
         """Ask whether each fact is correct and pointable."""
-        image = ImagePart(sample.image) if with_image and sample.image is not None else None
+        images = tuple(ImagePart(i) for i in sample.images) if with_image else ()
         statements = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
         fields = {"reference": sample.reference_caption, "statements": statements, "facts_json": _facts_json(facts)}
         return Request(
-            self._messages("verify", image, **fields),
+            self._messages("verify", images, **fields),
             self._sampling(self.cfg.verify_temperature, self.cfg.verify_samples),
             JsonSchema.of(_schema_list("verdicts", _VERDICT, len(facts))),
         )
