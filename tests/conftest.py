@@ -16,6 +16,9 @@ def capbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point CAPBENCH_HOME at a fresh folder for each test."""
     home = tmp_path / "capbench-home"
     monkeypatch.setenv("CAPBENCH_HOME", str(home))
+    # Tests never reach a hub: a loader that tried would fail here instead of downloading.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     return home
 
 
@@ -99,3 +102,21 @@ def oracle_cli_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     from capbench import engines
 
     monkeypatch.setitem(engines.ENGINES, "oracle", ("oracle_engine", "OracleEngine", "test engine"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder, converted once from the bundled GGUF and kept.
+
+    The folder is cached outside the repository (``$CAPBENCH_TEST_MODELS``, default
+    ``~/.cache/capbench-tests``), keyed by the GGUF's hash, so later runs skip the conversion.
+    """
+    import os
+
+    from capbench.engines.llamacpp import resolve_model
+    from capbench.engines.models import convert_gguf
+    from capbench.hashing import sha256_file
+
+    gguf = resolve_model("smollm2")
+    root = Path(os.environ.get("CAPBENCH_TEST_MODELS", Path.home() / ".cache" / "capbench-tests"))
+    return convert_gguf(gguf, root / f"smollm2-135m-instruct-{sha256_file(str(gguf))[:12]}")

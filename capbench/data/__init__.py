@@ -16,6 +16,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "mini": ("capbench.data.mini", "capbench-mini: 18 real photographs bundled with capbench (offline)"),
     "decapbench": ("capbench.data.decapbench", "DeCapBench: 400 IIW images with human reference facts (DCScore)"),
     "caparena": ("capbench.data.caparena", "CapArena-Auto: 600 DOCCI images against fixed baselines (--data-file)"),
+    "captionqa": (
+        "capbench.data.captionqa",
+        "CaptionQA: 657 entries in 4 domains with multiple-choice questions (Hugging Face Borise/CaptionQA)",
+    ),
 }
 
 

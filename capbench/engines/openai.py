@@ -1,0 +1,426 @@
+"""The engine for any OpenAI-compatible server: vLLM serve, SGLang, llama.cpp's server, OpenAI.
+
+Requests go to ``POST {base_url}/chat/completions`` over ``httpx``, spread over one or more base
+URLs that serve the same model, each with its own concurrency limit. Transient failures (429,
+5xx, timeouts, lost connections) are retried with capped exponential backoff and full jitter,
+honouring ``Retry-After``; any other 4xx fails the request at once. A request that still fails
+becomes a response with ``error`` set: nothing is raised for one bad request.
+
+Servers differ in what they accept, and the engine copes with what the common ones do:
+
+- A text-only message is sent as a plain string: llama-cpp-python's server answers a list of
+  parts with HTTP 500, and text-only models behind other servers may too.
+- A JSON schema is sent in the standard ``{"type": "json_schema", ...}`` form. A server that
+  rejects it (llama-cpp-python's answers HTTP 500 naming ``response_format``) is sent
+  ``{"type": "json_object", "schema": ...}`` instead, which llama.cpp's servers and vLLM take,
+  and after that nothing; the engine remembers the step down. Tolerant parsing does the rest.
+- A server that ignores ``n`` (llama-cpp-python's returns one choice) is asked again for the
+  missing draws, the seed of draw ``k`` being ``seed + k``.
+
+The API key is read from the environment at each run, never stored on the engine, and masked
+in every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import mimetypes
+import os
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, OnResult, Request, Response
+from capbench.errors import ConfigError, MissingDependencyError
+
+try:
+    import httpx
+except ImportError:  # the engine says which extra to install when it is built
+    httpx = None  # type: ignore[assignment]
+
+JsonMode = Literal["json_schema", "json_object", "none"]
+#: A server asking to wait longer than this is as good as down; give up on it sooner.
+RETRY_AFTER_CEILING = 300.0
+_NEXT_JSON_MODE: dict[JsonMode, JsonMode] = {"json_schema": "json_object", "json_object": "none", "none": "none"}
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"))
+
+
+def parse_base_urls(base_url: str | Sequence[str]) -> tuple[str, ...]:
+    """Split comma-separated base URLs, drop trailing slashes and repeats, and check the scheme."""
+    items = base_url.split(",") if isinstance(base_url, str) else [u for part in base_url for u in part.split(",")]
+    urls = tuple(dict.fromkeys(u.strip().rstrip("/") for u in items if u.strip()))
+    if not urls:
+        raise ConfigError("openai engine: give at least one base URL, e.g. http://127.0.0.1:8000/v1")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"openai engine: base URL {url!r} must start with http:// or https://")
+    return urls
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether an HTTP status is worth retrying: rate limits, request timeouts and server errors."""
+    return status in (408, 429) or status >= 500
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Return the wait before retry ``attempt`` (0-based): full jitter over a capped exponential."""
+    # Full jitter spreads clients that failed together, so they do not all come back at once.
+    return (rng or random).uniform(0.0, min(cap, base * 2.0**attempt))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Return the seconds a ``Retry-After`` header asks for (delta seconds or an HTTP date)."""
+    if not value or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def image_data_url(path: str | Path) -> str:
+    """Return the file at ``path`` as a base64 ``data:`` URL with its MIME type."""
+    data = Path(path).read_bytes()
+    # The bytes decide the MIME type: a file's extension may lie, and servers check the type.
+    sniffed = next((m for magic, m in _MAGIC if data.startswith(magic)), None)
+    mime = sniffed or mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def message_payload(message: Message, images: dict[str, str]) -> dict[str, Any]:
+    """Convert a message to the chat format; ``images`` caches data URLs by content hash."""
+    if not message.has_image:
+        return {"role": message.role, "content": message.joined_text()}
+    parts: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ImagePart):
+            ref = part.image
+            if ref.sha256 not in images:
+                images[ref.sha256] = image_data_url(ref.path)
+            parts.append({"type": "image_url", "image_url": {"url": images[ref.sha256]}})
+        else:
+            parts.append({"type": "text", "text": part.text})
+    return {"role": message.role, "content": parts}
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why one HTTP call failed, and whether trying again may help."""
+
+    message: str
+    retryable: bool
+    retry_after: float | None = None
+    rejected_format: bool = False
+
+
+class _Pool:
+    """Base URLs with one concurrency limit each; a call goes to the least busy one."""
+
+    def __init__(self, urls: tuple[str, ...], concurrency: int) -> None:
+        self.urls = urls
+        self.busy = [0] * len(urls)  # calls holding or waiting for each endpoint's slots
+        self.limits = [asyncio.Semaphore(concurrency) for _ in urls]
+        self.next = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[str]:
+        """Hold a slot on the least busy endpoint (round robin among ties) and yield its URL."""
+        count = len(self.urls)
+        index = min(((self.next + k) % count for k in range(count)), key=lambda i: self.busy[i])
+        self.next = (index + 1) % count
+        self.busy[index] += 1
+        try:
+            async with self.limits[index]:
+                yield self.urls[index]
+        finally:
+            self.busy[index] -= 1
+
+
+@dataclass
+class _RunState:
+    """What one run shares between its requests."""
+
+    client: httpx.AsyncClient
+    pool: _Pool
+    key: str
+    images: dict[str, str] = field(default_factory=dict)
+
+
+class OpenAIEngine:
+    """Chat completions from an OpenAI-compatible server, batched, retried and spread over endpoints."""
+
+    backend = "openai"
+    supports_loglik = False
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | Sequence[str] = "https://api.openai.com/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff: float = 1.0,
+        backoff_cap: float = 30.0,
+        json_schema: Literal["auto", "on", "off"] = "auto",
+        accepts_images: bool = True,
+        revision: str | None = None,
+    ) -> None:
+        if httpx is None:
+            raise MissingDependencyError("httpx", "openai", "the openai engine")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0 or backoff_cap < 0:
+            raise ConfigError(
+                "openai engine: need concurrency >= 1, max_retries >= 0, timeout > 0, backoff and backoff_cap >= 0"
+            )
+        if json_schema not in ("auto", "on", "off"):
+            raise ConfigError(f"openai engine: json_schema must be 'auto', 'on' or 'off', not {json_schema!r}")
+        self.model = model
+        self.base_urls = parse_base_urls(base_url)
+        self.api_key_env = api_key_env
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.json_schema = json_schema
+        self.accepts_images = accepts_images
+        self.revision = revision
+        #: How JSON schemas are sent now; "auto" steps down when a server rejects a form.
+        self.json_mode: JsonMode = "none" if json_schema == "off" else "json_schema"
+        #: HTTP calls sent to each base URL (retries and extra draws included), over all runs.
+        self.calls_per_endpoint: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(model={self.model!r}, base_url={','.join(self.base_urls)!r})"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Backend, model and revision: not the URLs, which may all serve the same model."""
+        return {"backend": self.backend, "model": self.model, "revision": self.revision}
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        """Answer a batch; works with or without an event loop running in this thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(requests, on_result))
+        return self._run_in_thread(requests, on_result)
+
+    def _run_in_thread(self, requests: Sequence[Request], on_result: OnResult | None) -> list[Response]:
+        """Run the batch on a worker thread's own loop; call ``on_result`` from this thread."""
+        done: queue.Queue[tuple[int, Response] | None] = queue.Queue()
+        box: dict[str, Any] = {}
+
+        async def main() -> list[Response]:
+            box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
+            return await self.arun(requests, lambda index, response: done.put((index, response)))
+
+        def work() -> None:
+            try:
+                box["out"] = asyncio.run(main())
+            except BaseException as exc:  # handed to the calling thread, which raises it
+                box["error"] = exc
+            finally:
+                done.put(None)
+
+        thread = threading.Thread(target=work, name="capbench-openai", daemon=True)
+        thread.start()
+        try:
+            while (item := done.get()) is not None:
+                if on_result is not None:
+                    on_result(*item)
+        except BaseException:
+            if "task" in box:  # the caller gave up: stop sending
+                box["loop"].call_soon_threadsafe(box["task"].cancel)
+            raise
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["out"]
+
+    async def arun(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        """Answer a batch concurrently; call ``on_result`` as each request completes."""
+        if not requests:
+            return []
+        key = os.environ.get(self.api_key_env, "")
+        # Servers without authentication (local vLLM, llama.cpp) get no Authorization header.
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        slots = self.concurrency * len(self.base_urls)
+        client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+        )
+        out: list[Response] = [Response(error="openai: not run")] * len(requests)
+        async with client:
+            state = _RunState(client, _Pool(self.base_urls, self.concurrency), key)
+            tasks = [asyncio.create_task(self._indexed(state, i, r)) for i, r in enumerate(requests)]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    index, response = await next_done
+                    out[index] = response
+                    if on_result is not None:
+                        on_result(index, response)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return out
+
+    async def _indexed(self, state: _RunState, index: int, request: Request) -> tuple[int, Response]:
+        try:
+            response = await self._answer(state, request)
+        except Exception as exc:  # one bad request (a missing image, an odd reply) must not sink the batch
+            response = Response(error=f"openai: {type(exc).__name__}: {exc}")
+        if response.error and state.key:
+            response = Response(error=response.error.replace(state.key, "***"))
+        return index, response
+
+    async def _answer(self, state: _RunState, request: Request) -> Response:
+        if isinstance(request.constraint, Choice) and request.constraint.loglik:
+            return Response(error="openai: this engine cannot score option log-likelihoods (Choice(loglik=True))")
+        if request.has_image and not self.accepts_images:
+            return Response(error=f"openai: {self.model} is configured as text-only and cannot read images")
+        sampling = request.sampling
+        texts: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        while len(texts) < sampling.n:
+            draw = len(texts)
+            seed = None if sampling.seed is None else sampling.seed + draw
+            reply = await self._complete(state, request, sampling.n - draw, seed)
+            if isinstance(reply, _Failure):
+                return Response(error=f"openai: {reply.message}")
+            if not isinstance(reply.get("choices"), list) or not reply["choices"]:
+                return Response(error=f"openai: a reply without choices: {' '.join(str(reply).split())[:300]}")
+            choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
+            texts.extend((c.get("message") or {}).get("content") or "" for c in choices)
+            usage = reply.get("usage") or {}
+            # The prompt is counted once however many calls the draws took, as the other engines do.
+            prompt_tokens = prompt_tokens or int(usage.get("prompt_tokens") or 0)
+            completion_tokens += int(usage.get("completion_tokens") or 0)
+        return Response(
+            texts=tuple(texts[: sampling.n]), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+
+    async def _complete(
+        self, state: _RunState, request: Request, n: int, seed: int | None
+    ) -> dict[str, Any] | _Failure:
+        """Make one chat completion, stepping down the JSON schema form while the server rejects it."""
+        while True:
+            mode = self.json_mode if isinstance(request.constraint, JsonSchema) else "none"
+            reply = await self._post(state, self._body(state, request, n, seed, mode))
+            if isinstance(reply, _Failure) and reply.rejected_format and self.json_schema == "auto":
+                if self.json_mode == mode:  # concurrent requests may have stepped down already
+                    self.json_mode = _NEXT_JSON_MODE[mode]
+                continue
+            return reply
+
+    def _body(self, state: _RunState, request: Request, n: int, seed: int | None, mode: JsonMode) -> dict[str, Any]:
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [message_payload(m, state.images) for m in request.messages],
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "n": n,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        if isinstance(request.constraint, JsonSchema) and mode != "none":
+            schema = json.loads(request.constraint.schema_json)
+            if mode == "json_schema":
+                spec = {"name": "answer", "schema": schema, "strict": _strict_ok(schema)}
+                body["response_format"] = {"type": "json_schema", "json_schema": spec}
+            else:
+                body["response_format"] = {"type": "json_object", "schema": schema}
+        return body
+
+    async def _post(self, state: _RunState, body: dict[str, Any]) -> dict[str, Any] | _Failure:
+        """POST one body, retrying transient failures; return the reply's JSON or the last failure."""
+        failure = _Failure("no attempt made", retryable=True)
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt - 1, failure.retry_after))
+            async with state.pool.slot() as url:
+                self.calls_per_endpoint[url] += 1
+                try:
+                    reply = await state.client.post(f"{url}/chat/completions", json=body)
+                except httpx.TransportError as exc:
+                    # Bad URLs and local protocol misuse will fail the same way again.
+                    fatal = isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
+                    failure = _Failure(f"{type(exc).__name__} at {url}: {exc}".rstrip(": "), retryable=not fatal)
+                else:
+                    if reply.status_code == 200:
+                        try:
+                            return reply.json()
+                        except ValueError:
+                            failure = _Failure(f"reply from {url} is not JSON", retryable=True)
+                    else:
+                        failure = _http_failure(reply, url, "response_format" in body)
+            if not failure.retryable:
+                return failure
+        return _Failure(f"{failure.message} (gave up after {self.max_retries + 1} attempts)", retryable=False)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            # Honour the server's wait, plus a little jitter so clients told the same do not collide.
+            return min(retry_after, RETRY_AFTER_CEILING) + random.uniform(0.0, self.backoff)
+        return backoff_delay(attempt, self.backoff, self.backoff_cap)
+
+
+def _http_failure(reply: httpx.Response, url: str, sent_format: bool) -> _Failure:
+    """Classify an HTTP error reply: retryable or not, a wait asked for, a rejected response_format."""
+    status = reply.status_code
+    detail = _server_message(reply)
+    lowered = detail.lower()
+    rejected = sent_format and status not in (408, 429) and ("response_format" in lowered or "json_schema" in lowered)
+    retry_after = parse_retry_after(reply.headers.get("retry-after")) if status in (429, 503) else None
+    return _Failure(
+        f"HTTP {status} from {url}: {' '.join(detail.split())[:300]}",
+        retryable=is_retryable_status(status) and not rejected,
+        retry_after=retry_after,
+        rejected_format=rejected,
+    )
+
+
+def _server_message(reply: httpx.Response) -> str:
+    """Return the error message in a reply body, as OpenAI, vLLM, llama.cpp or FastAPI word it."""
+    try:
+        data = reply.json()
+    except ValueError:
+        return reply.text.strip() or reply.reason_phrase
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error is not None:
+            return str(error)
+    return reply.text.strip()
+
+
+def _strict_ok(schema: Any) -> bool:
+    """Whether OpenAI's strict mode would take ``schema``: every object closed, all keys required."""
+    if isinstance(schema, list):
+        return all(_strict_ok(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        properties = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False or set(schema.get("required", ())) != set(properties):
+            return False
+    return all(_strict_ok(v) for k, v in schema.items() if k not in ("required", "enum", "const", "default"))

@@ -1,0 +1,232 @@
+"""The transformers engine on tiny random checkpoints (Qwen2.5-VL and Llama) built offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tiny_models import build_tiny_llama, build_tiny_qwen25vl
+
+from capbench.data import load_benchmark
+from capbench.engines import build_engine, hf
+from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, Request, Response, Sampling, TextPart
+from capbench.engines.hf_checkpoint import load_processor
+from capbench.engines.models import folder_digest
+from capbench.records import ImageRef
+
+pytestmark = pytest.mark.engine
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+GREEDY = Sampling(max_tokens=8, temperature=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run torch on one thread: on a small shared CPU, two threads made each tiny matmul ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {"vlm": build_tiny_qwen25vl(root / "tiny-qwen25vl"), "text": build_tiny_llama(root / "tiny-llama")}
+
+
+@pytest.fixture(scope="module")
+def images() -> list[ImageRef]:
+    return [s.image for s in load_benchmark("mini", with_images=True).samples[:4]]
+
+
+@pytest.fixture(scope="module")
+def vlm(models: dict[str, Path]) -> hf.HFEngine:
+    return hf.HFEngine(str(models["vlm"]), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def text_model(models: dict[str, Path]) -> hf.HFEngine:
+    return hf.HFEngine(str(models["text"]), batch_size=4)
+
+
+def describe(image: ImageRef, sampling: Sampling = GREEDY) -> Request:
+    return Request((Message("user", (ImagePart(image), TextPart("Describe this image in detail."))),), sampling)
+
+
+def image_tokens(folder: Path, image: ImageRef) -> int:
+    """Count the <|image_pad|> tokens the processor puts in a prompt for ``image``."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    grid = AutoImageProcessor.from_pretrained(folder)(images=[Image.open(image.path).convert("RGB")])["image_grid_thw"]
+    return int(grid.prod()) // 4  # 2x2 patches merge into one token
+
+
+def test_the_processor_loads_with_or_without_torchvision(models):
+    processor = load_processor(str(models["vlm"]))
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == processor.image_token_id
+    if importlib.util.find_spec("torchvision") is None:
+        assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    else:  # the folder is a standard checkpoint: the plain loader takes it too
+        from transformers import AutoProcessor
+
+        assert type(AutoProcessor.from_pretrained(models["vlm"])).__name__ == "Qwen2_5_VLProcessor"
+
+
+def test_captions_images_in_a_batch(vlm, models, images):
+    seen: list[int] = []
+    responses = vlm.run([describe(i) for i in images], on_result=lambda index, _: seen.append(index))
+    assert sorted(seen) == [0, 1, 2, 3]
+    for response, image in zip(responses, images, strict=True):
+        assert response.ok and response.text, response
+        assert response.prompt_tokens > image_tokens(models["vlm"], image)
+        assert 0 < response.completion_tokens <= 8
+    assert len({r.text for r in responses}) > 1  # the image matters
+    assert [r.texts for r in vlm.run([describe(i) for i in images])] == [r.texts for r in responses]
+
+
+def test_greedy_outputs_do_not_depend_on_the_batch(vlm, models, images):
+    # Left padding is masked out and Qwen2.5-VL's rope positions start after the padding, so in
+    # float32 on the CPU one request alone gives exactly what it gives among four.
+    alone = hf.HFEngine(str(models["vlm"]), batch_size=1).run([describe(i) for i in images])
+    assert [r.texts for r in alone] == [r.texts for r in vlm.run([describe(i) for i in images])]
+
+
+def test_max_pixels_shrinks_the_images(vlm, models, images):
+    small = hf.HFEngine(str(models["vlm"]), max_pixels=56 * 56)
+    assert small.fingerprint()["max_pixels"] == 56 * 56 and "max_pixels" not in vlm.fingerprint()
+    few, many = small.run([describe(images[0])])[0], vlm.run([describe(images[0])])[0]
+    assert few.ok and few.prompt_tokens < many.prompt_tokens
+
+
+def test_a_repeated_image_is_decoded_once_per_run(models, images, monkeypatch):
+    opened: Counter[str] = Counter()
+    real = hf.load_image
+
+    def counting(path: str):
+        opened[path] += 1
+        return real(path)
+
+    monkeypatch.setattr(hf, "load_image", counting)
+    engine = hf.HFEngine(str(models["vlm"]), batch_size=2)  # the repeats span batches
+    first, second = images[0], images[1]
+    responses = engine.run([describe(first), describe(second), describe(first), describe(first)])
+    assert all(r.ok for r in responses)
+    assert opened == Counter({first.path: 1, second.path: 1})
+    assert responses[0].texts == responses[2].texts == responses[3].texts
+
+
+def test_text_model_answers_text_and_refuses_images(text_model, images):
+    ask = Request((Message.text("system", "Answer briefly."), Message.text("user", "What colour is the sky?")), GREEDY)
+    text, picture = text_model.run([ask, describe(images[0])])
+    assert text.ok and text.prompt_tokens > 0 and 0 < text.completion_tokens <= 8
+    assert not text_model.accepts_images
+    assert picture.error is not None and "text-only" in picture.error
+
+
+def test_loglik_choice_matches_a_direct_forward_pass(text_model, models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    options = ("yes", "no", "a red car")
+    messages = (Message.text("user", "Is a cat sitting on the table?"),)
+    scored, sampled = text_model.run(
+        [Request(messages, GREEDY, Choice(options, loglik=True)), Request(messages, GREEDY)]
+    )
+    assert sampled.ok and scored.ok and scored.option_logprobs is not None
+
+    tokenizer = AutoTokenizer.from_pretrained(models["text"])
+    model = AutoModelForCausalLM.from_pretrained(models["text"], dtype=torch.float32).eval()
+    chat = [{"role": "user", "content": "Is a cat sitting on the table?"}]
+    prompt = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)).input_ids
+    expected, counts = [], []
+    for option in options:
+        ids = tokenizer(option, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids])).logits[0].double()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        expected.append(sum(float(logprobs[len(prompt) - 1 + k, t]) for k, t in enumerate(ids)))
+        counts.append(len(ids))
+    assert scored.option_logprobs == pytest.approx(expected, abs=1e-4)
+    assert scored.option_tokens == tuple(counts)
+    best = max(range(len(options)), key=lambda i: expected[i] / counts[i])
+    assert scored.texts == (options[best],)
+
+
+def test_vlm_scores_choices_and_ignores_json_schemas(vlm, images):
+    messages = (Message("user", (ImagePart(images[0]), TextPart("Is there a person?"))),)
+    scored, free = vlm.run(
+        [
+            Request(messages, GREEDY, Choice(("yes", "no"), loglik=True)),
+            Request(messages, GREEDY, JsonSchema.of({"type": "object"})),
+        ]
+    )
+    assert scored.ok and len(scored.option_logprobs) == 2 and all(lp < 0 for lp in scored.option_logprobs)
+    assert scored.text in ("yes", "no")
+    assert free.ok  # sent unconstrained: plain transformers has no constrained decoding
+
+
+def test_sampling_n_with_a_seed_is_reproducible(vlm, images):
+    sampling = Sampling(max_tokens=8, temperature=1.0, seed=7, n=2)
+    first = vlm.run([describe(images[0], sampling)])[0]
+    again = vlm.run([describe(images[0], sampling)])[0]
+    assert first.ok and len(first.texts) == 2
+    assert again.texts == first.texts
+    # Distinct draws: the checkpoint's generation config (top_k=1, temperature 0.1) did not leak in.
+    assert first.texts[0] != first.texts[1]
+
+
+def test_a_bad_image_fails_alone(vlm, images, tmp_path):
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(Path(images[1].path).read_bytes()[:200])  # a readable header, no pixels
+    missing = ImageRef(path=str(tmp_path / "missing.png"), sha256="0" * 64)
+    broken = ImageRef(path=str(truncated), sha256="1" * 64)
+    requests = [describe(images[0]), describe(missing), describe(broken), describe(images[2])]
+    responses = vlm.run(requests)
+    assert responses[1].error is not None and "missing.png" in responses[1].error
+    assert responses[2].error is not None and responses[2].error.startswith("hf: ")
+    good = vlm.run([describe(images[0]), describe(images[2])])
+    assert [responses[0].texts, responses[3].texts] == [r.texts for r in good]
+    assert isinstance(responses[1], Response) and not responses[1].ok
+
+
+def test_fingerprint_names_the_weights_not_the_device(models, tmp_path):
+    folder = build_tiny_qwen25vl(tmp_path / "tiny-qwen25vl", seed=0)
+    engine = build_engine(f"hf:{folder}", device="cpu", batch_size=2)
+    assert isinstance(engine, hf.HFEngine)
+    fingerprint = engine.fingerprint()
+    assert engine._model is None  # fingerprinting never loads the model
+    assert "device" not in fingerprint and "batch_size" not in fingerprint
+    assert fingerprint["backend"] == "hf" and fingerprint["model"] == "tiny-qwen25vl"
+    assert fingerprint["dtype"] == "float32" and fingerprint["transformers"]
+    assert hf.HFEngine(str(folder), device="auto", batch_size=8).fingerprint() == fingerprint
+    assert hf.HFEngine(str(models["vlm"])).fingerprint() == fingerprint  # same content elsewhere
+    shutil.rmtree(folder)
+    build_tiny_qwen25vl(folder, seed=1)  # same files and sizes, other weights
+    assert hf.HFEngine(str(folder)).fingerprint()["digest"] != fingerprint["digest"]
+    assert hf.HFEngine(str(folder), dtype="bfloat16").fingerprint()["dtype"] == "bfloat16"
+
+
+def test_folder_digest_samples_large_files_and_skips_hidden_folders(tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(bytes(17 << 20))  # over the whole-file limit: sampled
+    digest = folder_digest(folder)
+    assert folder_digest(shutil.copytree(folder, tmp_path / "copy")) == digest
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "download.lock").write_text("metadata")
+    assert folder_digest(folder) == digest
+    weights.write_bytes(os.urandom(17 << 20))  # retrained in place: same name and size
+    retrained = folder_digest(folder)
+    assert retrained != digest
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    assert folder_digest(folder) != retrained
