@@ -124,7 +124,7 @@ def build_judge(spec: EngineSpec, opts: Mapping[str, Any], cache: ResponseCache,
         from capbench.engines.replay import CassetteWriter
 
         recorder = CassetteWriter(engine, opts["record_judge"])
-    return CachedEngine(engine, cache, recorder)
+    return CachedEngine(engine, cache, recorder, spec.to_dict())
 
 
 def build_judges(opts: Mapping[str, Any], cache: ResponseCache) -> dict[str, CachedEngine]:
@@ -238,7 +238,7 @@ def generate_captions(
     name = opts.get("name") or default_name(spec.model)
     samples = list(benchmark.samples[: opts.get("limit")] if opts.get("limit") else benchmark.samples)
     with console.status(f"loading model {spec.label}"):
-        engine = CachedEngine(build_engine(spec), cache)
+        engine = CachedEngine(build_engine(spec), cache, spec=spec.to_dict())
     captioner = Captioner(engine, spec.to_dict(), config, opts.get("batch_size") or 16)
     folder = caption_folder(opts["results_dir"], benchmark.name, name)
     columns = (TextColumn("captioning {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -417,7 +417,12 @@ def catalogue() -> dict[str, Any]:
     return {"benchmarks": benchmarks, "metrics": metrics, "engines": engines}
 
 
-_ENGINE_PACKAGES = {"capbench.engines.llamacpp": "llama_cpp"}
+_ENGINE_PACKAGES = {
+    "capbench.engines.llamacpp": "llama_cpp",
+    "capbench.engines.vllm": "vllm",
+    "capbench.engines.hf": "transformers",
+    "capbench.engines.openai": "httpx",
+}
 
 
 def _available(module: str) -> bool:

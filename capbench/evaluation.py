@@ -279,6 +279,7 @@ class Evaluator:
             "git_commit": git_commit(),
             "versions": versions(),
             "judges": {role: j.fingerprint() for role, j in self.cached_judges.items()},
+            "judge_specs": {role: getattr(j, "spec", None) for role, j in self.cached_judges.items()},
             "metrics": dict(metrics),
             "sessions": sessions,
             "status": status,

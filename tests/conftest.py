@@ -120,3 +120,22 @@ def smollm2_folder() -> Path:
     gguf = resolve_model("smollm2")
     root = Path(os.environ.get("CAPBENCH_TEST_MODELS", Path.home() / ".cache" / "capbench-tests"))
     return convert_gguf(gguf, root / f"smollm2-135m-instruct-{sha256_file(str(gguf))[:12]}")
+
+
+def kill_after_lines(command: list[str], log: Path, lines: int, timeout: float = 240.0) -> int:
+    """Start ``command``, SIGKILL it once ``log`` has ``lines`` finished lines; return the lines then held."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= lines:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return log.read_text().count("\n")

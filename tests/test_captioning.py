@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ScriptedEngine
+from conftest import ScriptedEngine, kill_after_lines
 
 from capbench.captioning import DEFAULT_PROMPT, PARAPHRASES, CaptionConfig, Captioner
 from capbench.cli import main
@@ -130,6 +128,9 @@ def test_eval_model_captions_with_hf_then_scores_and_a_new_judge_reuses_the_capt
     manifest = json.loads((captions.parent / "generation.json").read_text())
     assert manifest["model"]["engine"] == "hf" and manifest["settings"]["engine"]["backend"] == "hf"
     assert manifest["settings"]["config"]["max_tokens"] == 8
+    assert manifest["model"]["options"] == {"batch_size": 2}
+    scores = json.loads((captions.parent / "manifest.json").read_text())
+    assert scores["judge_specs"]["text"] == {"engine": "scripted", "model": "A", "options": {}}
     # another judge: the captions are kept, not generated again
     second = runner.invoke(main, [*args, "--judge", "scripted:B", "--overwrite"])
     assert second.exit_code == 0, second.output
@@ -151,16 +152,7 @@ def test_generation_killed_mid_run_resumes_without_regenerating(tiny_vlm, tmp_pa
                 "--batch-size", "1", "--limit", "6", *extra)]  # fmt: skip
 
     log = tmp_path / "mini" / "tiny-qwen2.5-vl" / "generated.jsonl"
-    proc = subprocess.Popen(command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "generation finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = log.read_text().count("\n")
+    before = kill_after_lines(command(tmp_path), log, 2)
     assert 2 <= before < 6
     out = subprocess.run(command(tmp_path, "--json"), capture_output=True, text=True, check=True, env=os.environ)
     generation = json.loads(out.stdout)["generation"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import kill_after_lines
 
 from capbench.engines.cache import ResponseCache
 
@@ -27,16 +26,7 @@ def _eval(results: Path, *extra: str) -> list[str]:
 def test_sigkill_then_resume(tmp_path: Path, capbench_home: Path):
     results = tmp_path / "results"
     log = results / "mini" / "short" / "captionqa.jsonl"
-    proc = subprocess.Popen(_eval(results), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = log.read_text().count("\n")
+    done_before = kill_after_lines(_eval(results), log, 2)
     cached_before = ResponseCache().stats()["entries"]
     assert 2 <= done_before < 5
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from capbench.cli import main
 from capbench.engines import build_engine
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, Request, Sampling, TextPart
+from capbench.errors import EngineError
 from capbench.records import ImageRef
 
 pytestmark = [pytest.mark.engine, pytest.mark.vllm]
@@ -110,30 +111,40 @@ def test_fingerprint_names_the_folder_content_and_not_the_memory_setting(engine,
 
 
 def test_vllm_judges_captionqa_through_the_cli_and_a_rerun_is_all_cache(smollm2_folder, tmp_path):
+    # A process of its own: vLLM's CPU backend sizes its KV cache from what this process already
+    # holds, and the module's engine holds one.
     options = [f"--judge-opt={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in CPU_OPTIONS.items()]
-    args = ["eval", "-b", "mini", "--captions", str(_example("detailed")), "--judge", f"vllm:{smollm2_folder}",
-            *options, "--answer-mode", "loglik", "--limit", "1", "--results-dir", str(tmp_path), "--json"]  # fmt: skip
-    first = CliRunner().invoke(main, args)
-    assert first.exit_code == 0, first.output
+    args = [sys.executable, "-m", "capbench.cli", "eval", "-b", "mini", "--captions", str(_example("detailed")),
+            "--judge", f"vllm:{smollm2_folder}", *options, "--answer-mode", "loglik", "--limit", "1",
+            "--results-dir", str(tmp_path), "--json"]  # fmt: skip
+    first = subprocess.run(args, capture_output=True, text=True, env=os.environ)
+    assert first.returncode == 0, first.stderr[-3000:]
     run = json.loads(first.stdout)["runs"][0]
     summary = run["metrics"]["captionqa"]
     assert summary["score"] is not None and summary["unparsed"] == 0 and summary["failed"] == 0
     assert run["judge_calls"] > 0
     manifest = json.loads((tmp_path / "mini" / "detailed" / "manifest.json").read_text())
     assert manifest["judges"]["text"]["backend"] == "vllm"
+    assert manifest["judge_specs"]["text"]["options"]["dtype"] == "float32"
     # judging again answers from the cache; the engine is never even loaded
-    second = CliRunner().invoke(main, [*args, "--overwrite"])
-    assert second.exit_code == 0, second.output
+    second = subprocess.run([*args, "--overwrite"], capture_output=True, text=True, env=os.environ)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "non-default args" not in second.stderr  # vLLM prints this when it builds an engine
     again = json.loads(second.stdout)["runs"][0]
     assert again["judge_calls"] == 0 and again["cache_hits"] == run["judge_calls"]
     assert again["metrics"]["captionqa"]["score"] == summary["score"]
+
+
+def test_a_model_that_cannot_load_is_one_error_not_one_per_request(tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    engine = build_engine(f"vllm:{broken}", **CPU_OPTIONS)
+    with pytest.raises(EngineError, match="vllm could not load"):
+        engine.run([_ask("hello"), _ask("again")])
 
 
 def _example(name: str) -> Path:
     from capbench.data import load_benchmark
 
     return load_benchmark("mini").example_captions[name]
-
-
-def test_in_process_setting_is_scoped_to_this_module():
-    assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"

@@ -175,10 +175,18 @@ class CachedEngine:
     receives every response, cached or not.
     """
 
-    def __init__(self, engine: Engine, cache: ResponseCache | None, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: ResponseCache | None,
+        recorder: Recorder | None = None,
+        spec: Mapping[str, Any] | None = None,
+    ) -> None:
         self.engine = engine
         self.cache = cache
         self.recorder = recorder
+        #: How the user named the engine (engine, model, options), for manifests; holds no secrets.
+        self.spec = dict(spec) if spec is not None else None
         self.stats = CallStats()
         self._fingerprint = engine.fingerprint()
         self.backend = engine.backend

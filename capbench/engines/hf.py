@@ -158,7 +158,7 @@ class HFEngine:
         )
         return config.to_dict(), getattr(config, "_commit_hash", None)
 
-    def _resolved(self) -> tuple[str, str]:
+    def resolved(self) -> tuple[str, str]:
         """Return the (device, dtype) names that "auto" stands for here."""
         import torch
 
@@ -175,7 +175,7 @@ class HFEngine:
                 "model": name,
                 "digest": folder_digest(self.folder) if self.folder is not None else self._commit,
                 "revision": self.revision,
-                "dtype": self._resolved()[1],
+                "dtype": self.resolved()[1],
                 "transformers": metadata.version("transformers"),
             }
             if self.max_pixels is not None:
@@ -187,7 +187,7 @@ class HFEngine:
         import torch
         import transformers as tf
 
-        device, dtype = self._resolved()
+        device, dtype = self.resolved()
         common = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         if self.accepts_images:
             self._processor = load_processor(self.model, **common)

@@ -323,7 +323,7 @@ class OpenAIEngine:
         while True:
             mode = self.json_mode if isinstance(request.constraint, JsonSchema) else "none"
             reply = await self._post(state, self._body(state, request, n, seed, mode))
-            if isinstance(reply, _Failure) and reply.rejected_format and self.json_schema == "auto":
+            if isinstance(reply, _Failure) and reply.rejected_format and self.json_schema == "auto" and mode != "none":
                 if self.json_mode == mode:  # concurrent requests may have stepped down already
                     self.json_mode = _NEXT_JSON_MODE[mode]
                 continue

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, OnResult, Request, Response, TextPart
 from capbench.engines.models import is_vision_model, model_identity
-from capbench.errors import ConfigError, MissingDependencyError
+from capbench.errors import ConfigError, EngineError, MissingDependencyError
 
 
 class VLLMEngine:
@@ -105,7 +105,10 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
             from vllm import LLM
 
-            self._llm = LLM(**{k: v for k, v in self._llm_args.items() if v is not None})
+            try:
+                self._llm = LLM(**{k: v for k, v in self._llm_args.items() if v is not None})
+            except Exception as exc:  # not a per-request failure: no request can be answered
+                raise EngineError(f"vllm could not load {self.model}: {type(exc).__name__}: {exc}") from exc
         return self._llm
 
     def fingerprint(self) -> dict[str, Any]:
@@ -202,6 +205,8 @@ def _isolated(answer: Any, requests: Sequence[Request]) -> list[Response]:
     """Answer the whole batch; if it fails, split it so that only the bad requests fail."""
     try:
         return answer(requests)
+    except EngineError:
+        raise
     except Exception as exc:
         if len(requests) == 1:
             return [Response(error=f"vllm: {type(exc).__name__}: {exc}")]

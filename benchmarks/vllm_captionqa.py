@@ -1,0 +1,157 @@
+"""CaptionQA judging on the vllm engine: capbench batched, one request at a time, and raw vLLM.
+
+Usage: python benchmarks/vllm_captionqa.py [--captions detailed] [--model FOLDER]
+Writes benchmarks/results/vllm_captionqa.json and benchmarks/results/vllm_captionqa.md.
+
+The judge is SmolLM2-135M-Instruct converted from the bundled GGUF, on vLLM's CPU build (or a
+GPU where vLLM has one). The work is CaptionQA's protocol (letter answers, at most 4 tokens,
+temperature 0) over every question of capbench-mini for one example caption set. Three ways:
+
+- **capbench, batched**: `Evaluator` with the captionqa metric, every sample in one batch, so
+  the engine gets every question in one ``LLM.chat`` call (no disk cache: an in-memory one).
+- **capbench, one at a time**: the same run, but the engine is handed one request per call, as
+  lmms-eval's CaptionQA task sends them.
+- **raw vLLM**: the same chat prompts and sampling settings sent straight to ``LLM.chat`` in one
+  call, with nothing of capbench around it (no parsing, scoring, cache or result files).
+
+vLLM's prefix cache is cleared before each way, so none starts with another's work in it. The
+model is loaded once, before timing, and one warm-up call is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _report import save  # noqa: E402
+
+from capbench.data import load_benchmark  # noqa: E402
+from capbench.engines.base import OnResult, Request, Response  # noqa: E402
+from capbench.engines.cache import CachedEngine, ResponseCache  # noqa: E402
+from capbench.engines.llamacpp import resolve_model  # noqa: E402
+from capbench.engines.models import convert_gguf  # noqa: E402
+from capbench.evaluation import Evaluator  # noqa: E402
+from capbench.hashing import sha256_file  # noqa: E402
+from capbench.metrics import build_metric  # noqa: E402
+from capbench.metrics.captionqa import presented_options  # noqa: E402
+from capbench.records import read_caption_file  # noqa: E402
+
+CPU_OPTIONS = {"dtype": "float32", "gpu_memory_utilization": 0.2, "max_model_len": 2048, "enforce_eager": True}
+
+
+class OneAtATime:
+    """Hand the wrapped engine one request per call, as a per-request harness does."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.backend = engine.backend
+        self.accepts_images = engine.accepts_images
+        self.supports_loglik = engine.supports_loglik
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.engine.fingerprint()
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        out = []
+        for index, request in enumerate(requests):
+            out.append(self.engine.run([request])[0])
+            if on_result is not None:
+                on_result(index, out[-1])
+        return out
+
+
+def _capbench(engine: Any, benchmark: Any, captions: Any, batch_size: int) -> tuple[float, dict[str, Any]]:
+    metric = build_metric("captionqa", answer_mode="letter")
+    judges = {"text": CachedEngine(engine, ResponseCache(":memory:"))}
+    with tempfile.TemporaryDirectory() as results:
+        evaluator = Evaluator(benchmark, [metric], judges, results, batch_size, command=["benchmark"])
+        start = time.perf_counter()
+        result = evaluator.evaluate(captions)
+        seconds = time.perf_counter() - start
+    return seconds, result.summaries["captionqa"]
+
+
+def _raw(engine: Any, requests: Sequence[Request]) -> tuple[float, int]:
+    from vllm import SamplingParams
+
+    conversations = [[{"role": m.role, "content": m.joined_text()} for m in r.messages] for r in requests]
+    sampling = requests[0].sampling
+    params = SamplingParams(
+        n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+    )  # fmt: skip
+    start = time.perf_counter()
+    outputs = engine.llm.chat(conversations, params, use_tqdm=False)
+    return time.perf_counter() - start, len(outputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captions", default="detailed", help="capbench-mini example caption set")
+    parser.add_argument("--model", type=Path, help="transformers folder of the judge [default: SmolLM2 from GGUF]")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from capbench.engines import build_engine
+
+    gguf = resolve_model("smollm2")
+    folder = args.model or convert_gguf(
+        gguf, Path.home() / ".cache" / "capbench-tests" / f"smollm2-135m-instruct-{sha256_file(str(gguf))[:12]}"
+    )
+    benchmark = load_benchmark("mini")
+    captions = read_caption_file(benchmark.example_captions[args.captions])
+    engine = build_engine(f"vllm:{folder}", **CPU_OPTIONS)
+    metric = build_metric("captionqa", answer_mode="letter")
+    requests = [
+        metric.build_request(captions.captions[s.id], q, presented_options(q, 0, s.id)[0])
+        for s in benchmark.samples
+        for q in s.questions
+    ]
+    engine.run(requests[:8])  # load and warm up
+    figures: dict[str, Any] = {}
+    engine.llm.reset_prefix_cache()
+    figures["raw_vllm_s"], answered = _raw(engine, requests)
+    engine.llm.reset_prefix_cache()
+    figures["capbench_batched_s"], summary = _capbench(engine, benchmark, captions, len(benchmark.samples))
+    engine.llm.reset_prefix_cache()
+    figures["capbench_one_at_a_time_s"], single = _capbench(OneAtATime(engine), benchmark, captions, 1)
+    assert answered == len(requests) == summary["questions"]
+    report = {
+        "requests": len(requests),
+        "judge": engine.fingerprint(),
+        "device": "cpu" if "cpu" in engine.fingerprint()["vllm"] else "gpu",
+        **{k: round(v, 2) for k, v in figures.items()},
+        "batched_over_raw": round(figures["capbench_batched_s"] / figures["raw_vllm_s"], 3),
+        "one_at_a_time_over_batched": round(figures["capbench_one_at_a_time_s"] / figures["capbench_batched_s"], 2),
+        "same_scores": summary["score"] == single["score"],
+        "score": summary["score"],
+    }
+    markdown = "\n".join(
+        [
+            f"# CaptionQA judging of capbench-mini on the vllm engine ({len(requests)} questions, "
+            f"`{args.captions}` captions, {engine.fingerprint()['model']}, {report['device']})",
+            "",
+            "| way | wall s | vs raw vLLM |",
+            "|---|---|---|",
+            f"| raw vLLM `LLM.chat`, one call | {figures['raw_vllm_s']:.2f} | 1.00 |",
+            f"| capbench, batched | {figures['capbench_batched_s']:.2f} | {report['batched_over_raw']:.2f} |",
+            f"| capbench, one request per call | {figures['capbench_one_at_a_time_s']:.2f} | "
+            f"{figures['capbench_one_at_a_time_s'] / figures['raw_vllm_s']:.2f} |",
+            "",
+            f"Batched is {report['one_at_a_time_over_batched']:.1f}x faster than one at a time; "
+            f"the scores are {'identical' if report['same_scores'] else 'DIFFERENT'} ({summary['score']:.1f}).",
+        ]
+    )
+    save("vllm_captionqa", report, markdown)
+
+
+if __name__ == "__main__":
+    main()
