@@ -94,6 +94,13 @@ def _raw(engine: Any, requests: Sequence[Request]) -> tuple[float, int]:
     return time.perf_counter() - start, len(outputs)
 
 
+def _device() -> str:
+    """'cpu' on vLLM's CPU build or a machine without CUDA, else the GPU's name."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", default="detailed", help="capbench-mini example caption set")
@@ -127,7 +134,7 @@ def main() -> None:
     report = {
         "requests": len(requests),
         "judge": engine.fingerprint(),
-        "device": "cpu" if "cpu" in engine.fingerprint()["vllm"] else "gpu",
+        "device": _device(),
         **{k: round(v, 2) for k, v in figures.items()},
         "batched_over_raw": round(figures["capbench_batched_s"] / figures["raw_vllm_s"], 3),
         "one_at_a_time_over_batched": round(figures["capbench_one_at_a_time_s"] / figures["capbench_batched_s"], 2),
