@@ -230,3 +230,17 @@ def test_folder_digest_samples_large_files_and_skips_hidden_folders(tmp_path):
     assert retrained != digest
     (folder / "chat_template.jinja").write_text("{{ messages }}")
     assert folder_digest(folder) != retrained
+
+
+def test_the_3b_builder_has_qwen25vl_3b_shape():
+    import torch
+    from tiny_models import qwen25vl_config, train_tokenizer
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
+
+    config = qwen25vl_config(Qwen2TokenizerFast(tokenizer_object=train_tokenizer()), size="3b")
+    config.text_config.vocab_size = 151936  # the real vocabulary; the trained test tokenizer is smaller
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    assert round(total / 1e9, 2) == 3.75 and round(vision / 1e6) == 669
