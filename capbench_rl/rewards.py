@@ -1,0 +1,239 @@
+"""capbench metrics as TRL reward functions, with length-conditional masking and a length penalty.
+
+Each reward is a module-level ``async def f(prompts, completions, **columns) -> list[float | None]``
+configured with :func:`functools.partial` and named (``__name__``) by :func:`reward`: TRL detects
+coroutine functions with :func:`inspect.iscoroutinefunction`, which sees through a partial, a
+partial pickles (so the rewards survive TRL's and accelerate's process boundaries), and TRL
+logs each reward under its ``__name__``.
+
+The judges are described by a :class:`JudgeSetup` (picklable) and built once per process, on
+the first call, behind capbench's content-addressed cache: a caption judged during training is
+not judged again in evaluation, and the three BalCapRL rewards of one rollout batch share one
+set of judge calls (the second and third reward functions are answered by the cache).
+
+A judge failure gives ``None`` for that rollout's reward (TRL leaves it out of the group
+statistics); it is counted in :data:`STATS`, never turned into a zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from capbench.engines import build_engine, parse_engine
+from capbench.engines.cache import CachedEngine, ResponseCache
+from capbench.errors import ConfigError
+from capbench.metrics import build_metric
+from capbench.metrics.facts import FactConfig
+from capbench.records import Caption, Sample
+
+Unit = Literal["words", "tokens"]
+Component = Literal["precision", "recall", "linguistic", "b_capscore"]
+
+#: Per reward name: calls, rollouts, unscored (judge failed), masked (length), seconds.
+STATS: dict[str, Counter[str]] = {}
+_STATS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class JudgeSetup:
+    """Which judges score the rollouts: picklable, built into engines once per process."""
+
+    judge: str = "llamacpp:smollm2"
+    """Text judge as ENGINE:MODEL (or a YAML spec file)."""
+    judge_options: tuple[str, ...] = ()
+    """Its engine options, as KEY=VALUE strings."""
+    vision_judge: str | None = None
+    """Judge that sees the image, for fact verification; None verifies against the reference caption."""
+    vision_judge_options: tuple[str, ...] = ()
+    """The vision judge's engine options, as KEY=VALUE strings."""
+    fact_protocol: str = "embedded"
+    """DCScore/BalCap judge settings: official, greedy or embedded (see FactConfig.preset)."""
+    cache: str | None = None
+    """Path of the judge-call cache; None = $CAPBENCH_HOME/cache.sqlite (shared with `capbench eval`)."""
+    seed: int = 0
+    """Seed of judge sampling."""
+
+
+@dataclass
+class _Runtime:
+    judges: dict[str, CachedEngine]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_RUNTIMES: dict[JudgeSetup, _Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def runtime(setup: JudgeSetup) -> _Runtime:
+    """Return this process's judges for ``setup``, building them on first use."""
+    with _RUNTIMES_LOCK:
+        if setup not in _RUNTIMES:
+            cache = ResponseCache(setup.cache)
+            judges = {"text": _judge(setup.judge, setup.judge_options, cache)}
+            if setup.vision_judge:
+                judges["vision"] = _judge(setup.vision_judge, setup.vision_judge_options, cache)
+            _RUNTIMES[setup] = _Runtime(judges)
+        return _RUNTIMES[setup]
+
+
+def _judge(spec: str, options: Sequence[str], cache: ResponseCache) -> CachedEngine:
+    parsed = parse_engine(spec, options)
+    return CachedEngine(build_engine(parsed), cache, spec=parsed.to_dict())
+
+
+def completion_text(completion: Any) -> str:
+    """The caption of one completion: a string, or TRL's conversational list of messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], Mapping):
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):  # a list of typed parts
+            return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        return str(content)
+    raise ConfigError(f"a completion must be a string or a list of chat messages, not {type(completion).__name__}")
+
+
+def length_ratio(caption: str, reference: str, unit: Unit = "words", tokenizer: Any = None) -> float:
+    """ρ = caption length / reference length, in words or in a tokenizer's tokens.
+
+    Raises:
+        ConfigError: an empty reference (ρ is undefined), or ``unit="tokens"`` without a tokenizer.
+    """
+    if unit == "tokens":
+        if tokenizer is None:
+            raise ConfigError("length unit 'tokens' needs a tokenizer")
+        count: Callable[[str], int] = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    elif unit == "words":
+        count = lambda text: len(text.split())  # noqa: E731
+    else:
+        raise ConfigError(f"length unit must be 'words' or 'tokens', not {unit!r}")
+    reference_length = count(reference)
+    if reference_length == 0:
+        raise ConfigError("a reference caption is empty: the length ratio needs a reference length")
+    return count(caption) / reference_length
+
+
+def in_band(rho: float, band: tuple[float, float]) -> bool:
+    """Whether ρ lies in the closed band [τ_l, τ_u]."""
+    low, high = band
+    return low <= rho <= high
+
+
+def linear_length_penalty(rho: float, coef: float = 1.0) -> float:
+    """The length-penalty baseline: −coef × |ρ − 1| (0 at the reference's length).
+
+    The BalCapRL paper compares masking with "a linear length penalty" without giving its
+    form; this symmetric one is capbench's assumption (see docs/rl.md).
+    """
+    return -coef * abs(rho - 1.0)
+
+
+async def balcap_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    *,
+    component: Component,
+    setup: JudgeSetup,
+    reference_caption: Sequence[str],
+    reference_facts: Sequence[Sequence[str]] | None = None,
+    band: tuple[float, float] | None = None,
+    unit: Unit = "words",
+    name: str = "",
+    **columns: Any,
+) -> list[float | None]:
+    """One BalCapRL reward per rollout: precision, recall, linguistic (masked by length) or b-CapScore.
+
+    With ``band`` (the linguistic reward), a rollout whose length ratio lies outside it gets 0
+    without asking the judge about its language.
+    """
+    start = time.perf_counter()
+    captions = [completion_text(c) for c in completions]
+    masked = [
+        band is not None and not in_band(length_ratio(c, r, unit), band)
+        for c, r in zip(captions, reference_caption, strict=True)
+    ]
+    samples = [
+        Sample(
+            f"rollout-{i}",
+            None,
+            reference_caption=ref,
+            reference_facts=tuple((reference_facts or [()] * len(captions))[i]),
+        )
+        for i, ref in enumerate(reference_caption)
+    ]
+    todo = [i for i, m in enumerate(masked) if not m]
+    values = await asyncio.to_thread(_score_balcap, setup, [samples[i] for i in todo], [captions[i] for i in todo])
+    out: list[float | None] = [0.0] * len(captions)
+    for i, value in zip(todo, values, strict=True):
+        out[i] = None if value.get(component) is None else float(value[component])
+    _count(name or f"balcap_{component}", len(captions), sum(v is None for v in out), sum(masked), start)
+    return out
+
+
+def _score_balcap(setup: JudgeSetup, samples: list[Sample], captions: list[str]) -> list[Mapping[str, Any]]:
+    if not samples:
+        return []
+    state = runtime(setup)
+    with state.lock:  # one scoring at a time per judge set; concurrent rewards then hit the cache
+        metric = state.metrics.get("balcap")
+        if metric is None:
+            config = FactConfig.preset(setup.fact_protocol, seed=setup.seed)
+            metric = state.metrics["balcap"] = build_metric("balcap", config)
+        scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], state.judges)
+    return [s.values for s in scores]
+
+
+async def length_penalty_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    *,
+    reference_caption: Sequence[str],
+    coef: float = 1.0,
+    unit: Unit = "words",
+    name: str = "length_penalty",
+    **columns: Any,
+) -> list[float | None]:
+    """The linear length penalty per rollout (the paper's baseline to masking)."""
+    start = time.perf_counter()
+    out: list[float | None] = [
+        linear_length_penalty(length_ratio(completion_text(c), r, unit), coef)
+        for c, r in zip(completions, reference_caption, strict=True)
+    ]
+    _count(name, len(out), 0, 0, start)
+    return out
+
+
+def reward(func: Callable[..., Any], name: str, **settings: Any) -> functools.partial[Any]:
+    """Configure a reward function and give it the name TRL logs it under."""
+    configured = functools.partial(func, name=name, **settings)
+    configured.__name__ = name  # type: ignore[attr-defined]
+    return configured
+
+
+def balcap_rewards(
+    setup: JudgeSetup, band: tuple[float, float] | None = (0.5, 2.0), unit: Unit = "words"
+) -> list[functools.partial[Any]]:
+    """The three BalCapRL rewards in order (precision, recall, linguistic masked by ``band``)."""
+    return [
+        reward(balcap_reward, "balcap_precision", component="precision", setup=setup),
+        reward(balcap_reward, "balcap_recall", component="recall", setup=setup),
+        reward(balcap_reward, "balcap_linguistic", component="linguistic", setup=setup, band=band, unit=unit),
+    ]
+
+
+def _count(name: str, rollouts: int, unscored: int, masked: int, start: float) -> None:
+    with _STATS_LOCK:
+        stats = STATS.setdefault(name, Counter())
+        stats["calls"] += 1
+        stats["rollouts"] += rollouts
+        stats["unscored"] += unscored
+        stats["masked"] += masked
+        stats["seconds"] += time.perf_counter() - start

@@ -1,0 +1,182 @@
+"""capbench-rl rewards: length masking and penalty, TRL's advantage arithmetic, and BalCap rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from capbench.data import load_benchmark
+from capbench.engines.cache import CachedEngine, ResponseCache
+from capbench.errors import ConfigError
+from capbench.metrics import build_metric
+from capbench.metrics.facts import FactConfig
+from capbench.records import Caption, read_caption_file
+from capbench_rl import rewards
+from capbench_rl.advantages import advantages
+from capbench_rl.rewards import JudgeSetup, balcap_rewards, completion_text, in_band, length_ratio
+
+# --- length: ratio, band, penalty ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caption", "reference", "rho"),
+    [
+        ("a b c", "a b c d e f", 0.5),  # half the reference's words
+        ("one  two\nthree four", "x y", 2.0),  # any whitespace splits words
+        ("", "x y z", 0.0),  # an empty caption
+    ],
+)
+def test_length_ratio_in_words(caption, reference, rho):
+    assert length_ratio(caption, reference) == rho
+
+
+def test_length_ratio_in_tokens_and_its_errors():
+    class Chars:
+        def encode(self, text, add_special_tokens=False):
+            return list(text)
+
+    assert length_ratio("abc", "abcdef", "tokens", Chars()) == 0.5
+    with pytest.raises(ConfigError, match="needs a tokenizer"):
+        length_ratio("a", "b", "tokens")
+    with pytest.raises(ConfigError, match="reference caption is empty"):
+        length_ratio("a", "  ")
+
+
+@pytest.mark.parametrize(
+    ("rho", "inside"),
+    [(0.49, False), (0.5, True), (1.0, True), (2.0, True), (2.01, False)],  # the band [0.5, 2] is closed
+)
+def test_band_edges(rho, inside):
+    assert in_band(rho, (0.5, 2.0)) is inside
+
+
+@pytest.mark.parametrize(("rho", "penalty"), [(1.0, 0.0), (0.5, -0.25), (3.0, -1.0)])
+def test_linear_length_penalty_with_coefficient_half(rho, penalty):
+    assert rewards.linear_length_penalty(rho, coef=0.5) == penalty
+
+
+def test_completion_text_reads_every_completion_format():
+    assert completion_text("plain") == "plain"
+    assert completion_text([{"role": "assistant", "content": "chat"}]) == "chat"
+    assert (
+        completion_text([{"role": "assistant", "content": [{"type": "text", "text": "pa"}, {"text": "rts"}]}])
+        == "parts"
+    )
+    with pytest.raises(ConfigError, match="string or a list of chat messages"):
+        completion_text(42)
+
+
+# --- advantages: c-GDPO and GRPO as TRL computes them, by hand ----------------------------------
+
+
+def _std(values):
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_cgdpo_normalises_each_reward_in_its_group_then_sums_then_normalises_the_batch():
+    table = [[1.0, 0.0], [0.0, 0.0], [0.5, 1.0], [0.5, 0.0]]  # 2 groups of 2 rollouts, 2 rewards
+    z = 0.5 / (math.sqrt(0.5) + 1e-4)  # a pair (x, x - 1) normalised in its group: ±z; a constant pair: 0
+    sums = [1 * z, -1 * z, 2 * z, -2 * z]  # weights (1, 2)
+    expected = [s / (_std(sums) + 1e-4) for s in sums]
+    assert advantages(table, [1.0, 2.0], 2, "normalize_then_sum") == pytest.approx(expected, abs=1e-9)
+
+
+def test_vanilla_grpo_sums_then_normalises_in_each_group():
+    table = [[1.0, 0.0], [0.0, 0.0], [0.5, 1.0], [0.5, 0.0]]
+    sums = [1.0, 0.0, 2.5, 0.5]
+    first, second = _std(sums[:2]), _std(sums[2:])
+    expected = [0.5 / (first + 1e-4), -0.5 / (first + 1e-4), 1.0 / (second + 1e-4), -1.0 / (second + 1e-4)]
+    assert advantages(table, [1.0, 2.0], 2, "sum_then_normalize") == pytest.approx(expected, abs=1e-9)
+    assert not np.allclose(expected, advantages(table, [1.0, 2.0], 2))  # c-GDPO differs
+
+
+def test_a_failed_reward_is_left_out_of_its_group_and_a_rollout_without_rewards_gets_zero():
+    table = [[None, 1.0], [0.0, 0.0], [1.0, 0.0], [None, None], [0.0, 1.0], [1.0, 1.0]]  # groups of 3
+    got = advantages(table, [1.0, 1.0], 3)
+    # reward 0 in either group: only (0, 1) count, normalised to ±z; the missing one adds 0 to its sum
+    z = 0.5 / (math.sqrt(0.5) + 1e-4)
+    first = [1.0, 0.0, 0.0]  # group 1's reward 1
+    n = [(v - 1 / 3) / (_std(first) + 1e-4) for v in first]
+    # group 2's reward 1 is (1, 1) once rollout 3's None is left out: constant, so 0
+    sums = [n[0], -z + n[1], z + n[2], None, -z, z]
+    known = [s for s in sums if s is not None]
+    mean, std = sum(known) / len(known), _std(known)
+    expected = [0.0 if s is None else (s - mean) / (std + 1e-4) for s in sums]
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert got[3] == 0.0
+
+
+# --- BalCap rewards: the same numbers as capbench eval, masking, failures --------------------------
+
+
+@pytest.fixture
+def oracle_setup(oracle_cli_engine):
+    rewards._RUNTIMES.clear()
+    rewards.STATS.clear()
+    yield JudgeSetup(judge="oracle:truth", fact_protocol="official", cache=":memory:")
+    rewards._RUNTIMES.clear()
+
+
+def test_rewards_are_coroutine_partials_that_pickle_and_keep_their_names(oracle_setup):
+    funcs = balcap_rewards(oracle_setup)
+    assert [f.__name__ for f in funcs] == ["balcap_precision", "balcap_recall", "balcap_linguistic"]
+    for func in funcs:
+        assert inspect.iscoroutinefunction(func)
+        clone = pickle.loads(pickle.dumps(func))
+        assert clone.__name__ == func.__name__ and clone.keywords == func.keywords
+
+
+def test_balcap_rewards_equal_capbench_eval_and_share_one_set_of_judge_calls(oracle_setup):
+    bench = load_benchmark("mini")
+    samples = list(bench.samples[:4])
+    captions = read_caption_file(bench.example_captions["detailed"]).captions
+    completions = [[{"role": "assistant", "content": captions[s.id]}] for s in samples]
+    columns = {
+        "reference_caption": [s.reference_caption for s in samples],
+        "reference_facts": [list(s.reference_facts) for s in samples],
+    }
+    funcs = balcap_rewards(oracle_setup, band=None)
+    got = [asyncio.run(f(["prompt"] * 4, completions, **columns)) for f in funcs]
+
+    from oracle_engine import OracleEngine
+
+    judge = CachedEngine(OracleEngine(), ResponseCache(":memory:"))
+    metric = build_metric("balcap", FactConfig.preset("official"))
+    scores = metric.score(samples, [Caption(s.id, captions[s.id]) for s in samples], {"text": judge})
+    for component, values in zip(("precision", "recall", "linguistic"), got, strict=True):
+        assert values == pytest.approx([s.values[component] for s in scores]), component
+    # the second and third rewards were answered from the cache
+    stats = rewards.runtime(oracle_setup).judges["text"].stats
+    assert stats.calls == judge.stats.calls and stats.cache_hits >= 2 * judge.stats.calls
+
+
+def test_linguistic_reward_is_zero_outside_the_length_band_and_counted(oracle_setup):
+    bench = load_benchmark("mini")
+    samples = list(bench.samples[:2])
+    short = read_caption_file(bench.example_captions["short"]).captions
+    detailed = read_caption_file(bench.example_captions["detailed"]).captions
+    completions = [short[samples[0].id], detailed[samples[1].id]]
+    refs = [s.reference_caption for s in samples]
+    assert length_ratio(completions[0], refs[0]) < 0.5 <= length_ratio(completions[1], refs[1]) <= 2.0
+    linguistic = balcap_rewards(oracle_setup)[2]
+    facts = [list(s.reference_facts) for s in samples]
+    values = asyncio.run(linguistic(["p"] * 2, completions, reference_caption=refs, reference_facts=facts))
+    assert values[0] == 0.0 and values[1] is not None and values[1] > 0.0
+    assert rewards.STATS["balcap_linguistic"]["masked"] == 1
+
+
+def test_a_judge_failure_is_none_and_counted_never_zero(scripted_cli_engine):
+    rewards._RUNTIMES.clear()
+    rewards.STATS.clear()
+    setup = JudgeSetup(judge="scripted:this is not JSON", cache=":memory:")
+    precision = balcap_rewards(setup)[0]
+    values = asyncio.run(precision(["p"], ["A cat on a mat."], reference_caption=["A cat sits on a red mat."]))
+    assert values == [None]
+    assert rewards.STATS["balcap_precision"]["unscored"] == 1
+    rewards._RUNTIMES.clear()
