@@ -1,10 +1,10 @@
 """capbench metrics as TRL reward functions, with length-conditional masking and a length penalty.
 
 Each reward is a module-level ``async def f(prompts, completions, **columns) -> list[float | None]``
-configured with :func:`functools.partial` and named (``__name__``) by :func:`reward`: TRL detects
-coroutine functions with :func:`inspect.iscoroutinefunction`, which sees through a partial, a
-partial pickles (so the rewards survive TRL's and accelerate's process boundaries), and TRL
-logs each reward under its ``__name__``.
+configured with :func:`functools.partial`: TRL detects coroutine functions with
+:func:`inspect.iscoroutinefunction`, which sees through a partial; a partial pickles (so the
+rewards survive TRL's and accelerate's process boundaries); and TRL logs a partial under the
+wrapped function's name, so each reward has a function of its own (``balcap_precision``, …).
 
 The judges are described by a :class:`JudgeSetup` (picklable) and built once per process, on
 the first call, behind capbench's content-addressed cache: a caption judged during training is
@@ -198,7 +198,6 @@ async def length_penalty_reward(
     reference_caption: Sequence[str],
     coef: float = 1.0,
     unit: Unit = "words",
-    name: str = "length_penalty",
     **columns: Any,
 ) -> list[float | None]:
     """The linear length penalty per rollout (the paper's baseline to masking)."""
@@ -207,15 +206,28 @@ async def length_penalty_reward(
         linear_length_penalty(length_ratio(completion_text(c), r, unit), coef)
         for c, r in zip(completions, reference_caption, strict=True)
     ]
-    _count(name, len(out), 0, 0, start)
+    _count("length_penalty_reward", len(out), 0, 0, start)
     return out
 
 
-def reward(func: Callable[..., Any], name: str, **settings: Any) -> functools.partial[Any]:
-    """Configure a reward function and give it the name TRL logs it under."""
-    configured = functools.partial(func, name=name, **settings)
-    configured.__name__ = name  # type: ignore[attr-defined]
-    return configured
+async def balcap_precision(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """BalCapRL precision: share of the caption's facts judged correct and pointable."""
+    return await balcap_reward(prompts, completions, component="precision", name="balcap_precision", **columns)
+
+
+async def balcap_recall(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """BalCapRL recall: share of the reference's facts the caption covers."""
+    return await balcap_reward(prompts, completions, component="recall", name="balcap_recall", **columns)
+
+
+async def balcap_linguistic(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """BalCapRL linguistic quality, 0 outside the length band (``band=None`` masks nothing)."""
+    return await balcap_reward(prompts, completions, component="linguistic", name="balcap_linguistic", **columns)
+
+
+def reward(func: Callable[..., Any], **settings: Any) -> functools.partial[Any]:
+    """Configure a reward function; TRL logs it under the wrapped function's name."""
+    return functools.partial(func, **settings)
 
 
 def balcap_rewards(
@@ -223,9 +235,9 @@ def balcap_rewards(
 ) -> list[functools.partial[Any]]:
     """The three BalCapRL rewards in order (precision, recall, linguistic masked by ``band``)."""
     return [
-        reward(balcap_reward, "balcap_precision", component="precision", setup=setup),
-        reward(balcap_reward, "balcap_recall", component="recall", setup=setup),
-        reward(balcap_reward, "balcap_linguistic", component="linguistic", setup=setup, band=band, unit=unit),
+        reward(balcap_precision, setup=setup),
+        reward(balcap_recall, setup=setup),
+        reward(balcap_linguistic, setup=setup, band=band, unit=unit),
     ]
 
 

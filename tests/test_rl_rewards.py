@@ -124,12 +124,14 @@ def oracle_setup(oracle_cli_engine):
 
 
 def test_rewards_are_coroutine_partials_that_pickle_and_keep_their_names(oracle_setup):
+    from trl.trainer.utils import get_callable_name
+
     funcs = balcap_rewards(oracle_setup)
-    assert [f.__name__ for f in funcs] == ["balcap_precision", "balcap_recall", "balcap_linguistic"]
+    assert [get_callable_name(f) for f in funcs] == ["balcap_precision", "balcap_recall", "balcap_linguistic"]
     for func in funcs:
         assert inspect.iscoroutinefunction(func)
         clone = pickle.loads(pickle.dumps(func))
-        assert clone.__name__ == func.__name__ and clone.keywords == func.keywords
+        assert get_callable_name(clone) == get_callable_name(func) and clone.keywords == func.keywords
 
 
 def test_balcap_rewards_equal_capbench_eval_and_share_one_set_of_judge_calls(oracle_setup):

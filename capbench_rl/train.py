@@ -1,0 +1,144 @@
+"""Build and run TRL's GRPOTrainer from a recipe, with capbench's metrics as rewards.
+
+Each logged step appends to ``<output_dir>/rollouts.jsonl`` what TRL computed for the step's
+rollouts (every reward, the advantage, the caption and its length ratio) and to
+``steps.jsonl`` the reward-side figures: each reward's mean and std over scored rollouts,
+the share masked by length, rollouts left unscored by a judge failure, judge calls and cache
+hits, and the seconds spent in reward computation against the step's total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from capbench.runs import JsonlLog, atomic_write_text
+from capbench_rl import rewards as R
+from capbench_rl.data import dataset
+from capbench_rl.recipe import Recipe
+
+
+def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
+    """The recipe's reward functions, in its order, and their weights."""
+    setup = R.JudgeSetup(
+        judge=recipe.judge,
+        judge_options=tuple(recipe.judge_options),
+        vision_judge=recipe.vision_judge,
+        fact_protocol=recipe.fact_protocol,
+        seed=recipe.seed,
+    )
+    band = tuple(recipe.length_band) if recipe.length_band is not None else None
+    made = {
+        "balcap_precision": lambda: R.reward(R.balcap_precision, setup=setup),
+        "balcap_recall": lambda: R.reward(R.balcap_recall, setup=setup),
+        "balcap_linguistic": lambda: R.reward(R.balcap_linguistic, setup=setup, band=band, unit=recipe.length_unit),
+        "length_penalty": lambda: R.reward(
+            R.length_penalty_reward, coef=recipe.length_penalty_coef, unit=recipe.length_unit
+        ),
+    }
+    return [made[name]() for name in recipe.rewards], [float(w) for w in recipe.rewards.values()]
+
+
+def build_trainer(recipe: Recipe) -> Any:
+    """Return a ready GRPOTrainer (policy, processor, data, rewards, config) for ``recipe``."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from capbench.engines.hf_checkpoint import load_processor
+
+    funcs, weights = reward_functions(recipe)
+    config = GRPOConfig(
+        output_dir=recipe.output_dir,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        num_generations=recipe.num_generations,
+        max_completion_length=recipe.max_completion_length,
+        temperature=recipe.temperature,
+        learning_rate=recipe.learning_rate,
+        beta=recipe.beta,
+        max_steps=recipe.max_steps,
+        num_train_epochs=recipe.num_train_epochs,
+        seed=recipe.seed,
+        use_cpu=recipe.use_cpu,
+        bf16=recipe.bf16,
+        reward_weights=weights,
+        multi_objective_aggregation=recipe.aggregation,
+        log_completions=True,
+        logging_steps=1,
+        report_to=[],
+        **recipe.trl,
+    )
+    trainer = GRPOTrainer(
+        model=recipe.model,
+        reward_funcs=funcs,
+        args=config,
+        train_dataset=dataset(recipe),
+        processing_class=load_processor(recipe.model),
+    )
+    trainer.add_callback(RolloutLog(trainer, recipe))
+    return trainer
+
+
+def train(recipe: Recipe) -> dict[str, Any]:
+    """Train; return the last step's log entry."""
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, sort_keys=True) + "\n")
+    R.STATS.clear()
+    trainer = build_trainer(recipe)
+    trainer.train()
+    return trainer.state.log_history[-1] if trainer.state.log_history else {}
+
+
+def _make_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class RolloutLog(_make_callback_base()):  # type: ignore[misc]
+    """Write each step's rollouts and reward figures next to the checkpoints."""
+
+    def __init__(self, trainer: Any, recipe: Recipe) -> None:
+        self.trainer = trainer
+        self.recipe = recipe
+        out = Path(recipe.output_dir)
+        self.rollouts = JsonlLog(out / "rollouts.jsonl")
+        self.steps = JsonlLog(out / "steps.jsonl")
+        self.seen: dict[str, dict[str, float]] = {}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Record the rollouts TRL scored for this step and the reward-side figures."""
+        if logs is None or "loss" not in logs:
+            return
+        # TRL keeps the latest generation batch in trainer._logs (what its completion table shows).
+        batch = self.trainer._logs
+        names = list(batch["rewards"])
+        table = [[_none(batch["rewards"][n][i]) for n in names] for i in range(len(batch["advantages"]))]
+        texts = [R.completion_text(c) for c in batch["completion"]]
+        self.rollouts.append_rows(
+            {"step": state.global_step, "completion": text, "rewards": dict(zip(names, row, strict=True)),
+             "advantage": float(advantage)}
+            for text, row, advantage in zip(texts, table, batch["advantages"], strict=True)
+        )  # fmt: skip
+        self.steps.append_rows([{"step": state.global_step, "step_seconds": logs.get("step_time"), **self._delta()}])
+
+    def _delta(self) -> dict[str, Any]:
+        """Reward figures since the last step, from the rewards' counters."""
+        figures: dict[str, Any] = {}
+        for name, counter in R.STATS.items():
+            before = self.seen.get(name, {})
+            now = {k: float(v) for k, v in counter.items()}
+            rollouts = now.get("rollouts", 0) - before.get("rollouts", 0)
+            figures[name] = {
+                "rollouts": rollouts,
+                "masked_share": (now.get("masked", 0) - before.get("masked", 0)) / rollouts if rollouts else None,
+                "unscored": now.get("unscored", 0) - before.get("unscored", 0),
+                "seconds": round(now.get("seconds", 0) - before.get("seconds", 0), 3),
+            }
+            self.seen[name] = now
+        return {"rewards": figures}
+
+
+def _none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
