@@ -84,6 +84,16 @@ def runtime(setup: JudgeSetup) -> _Runtime:
         return _RUNTIMES[setup]
 
 
+def judge_usage() -> dict[str, int]:
+    """Judge calls, cache hits and failures of every judge this process built, summed."""
+    total: Counter[str] = Counter()
+    with _RUNTIMES_LOCK:
+        for state in _RUNTIMES.values():
+            for judge in state.judges.values():
+                total.update(calls=judge.stats.calls, cache_hits=judge.stats.cache_hits, failures=judge.stats.failures)
+    return dict(total)
+
+
 def _judge(spec: str, options: Sequence[str], cache: ResponseCache) -> CachedEngine:
     parsed = parse_engine(spec, options)
     return CachedEngine(build_engine(parsed), cache, spec=parsed.to_dict())

@@ -2,9 +2,9 @@
 
 Each logged step appends to ``<output_dir>/rollouts.jsonl`` what TRL computed for the step's
 rollouts (every reward, the advantage, the caption and its length ratio) and to
-``steps.jsonl`` the reward-side figures: each reward's mean and std over scored rollouts,
-the share masked by length, rollouts left unscored by a judge failure, judge calls and cache
-hits, and the seconds spent in reward computation against the step's total.
+``steps.jsonl`` the reward-side figures: per reward, its rollouts, the share masked by length,
+rollouts left unscored by a judge failure and its seconds; the judges' calls, cache hits and
+failures; and the step's total seconds.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
         self.rollouts = JsonlLog(out / "rollouts.jsonl")
         self.steps = JsonlLog(out / "steps.jsonl")
         self.seen: dict[str, dict[str, float]] = {}
+        self.judge_seen: dict[str, int] = {}
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Record the rollouts TRL scored for this step and the reward-side figures."""
@@ -137,7 +138,10 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
                 "seconds": round(now.get("seconds", 0) - before.get("seconds", 0), 3),
             }
             self.seen[name] = now
-        return {"rewards": figures}
+        usage = R.judge_usage()
+        judge = {k: v - self.judge_seen.get(k, 0) for k, v in usage.items()}
+        self.judge_seen = usage
+        return {"rewards": figures, "judge": judge}
 
 
 def _none(value: float) -> float | None:

@@ -56,6 +56,8 @@ def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_sha
         assert all(length_ratio(r["completion"], min(references, key=len)) < 0.5 for r in batch)
         assert all(r["rewards"]["balcap_linguistic"] == 0.0 for r in batch)
         figures = steps[step - 1]["rewards"]
+        judge = steps[step - 1]["judge"]
+        assert judge["calls"] > 0 and judge["cache_hits"] > 0  # precision's calls answer recall from the cache
         assert figures["balcap_linguistic"]["masked_share"] == 1.0 and figures["balcap_linguistic"]["rollouts"] == 3
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["model"] == str(model) and recipe["aggregation"] == "normalize_then_sum"
