@@ -35,12 +35,10 @@ sys.path.insert(0, str(HERE))
 from _report import save  # noqa: E402
 
 from capbench.data import load_benchmark  # noqa: E402
-from capbench.engines.base import OnResult, Request, Response  # noqa: E402
+from capbench.engines.base import EngineWrapper, OnResult, Request, Response  # noqa: E402
 from capbench.engines.cache import CachedEngine, ResponseCache  # noqa: E402
-from capbench.engines.llamacpp import resolve_model  # noqa: E402
-from capbench.engines.models import convert_gguf  # noqa: E402
+from capbench.engines.models import bundled_checkpoint  # noqa: E402
 from capbench.evaluation import Evaluator  # noqa: E402
-from capbench.hashing import sha256_file  # noqa: E402
 from capbench.metrics import build_metric  # noqa: E402
 from capbench.metrics.captionqa import presented_options  # noqa: E402
 from capbench.records import read_caption_file  # noqa: E402
@@ -48,17 +46,8 @@ from capbench.records import read_caption_file  # noqa: E402
 CPU_OPTIONS = {"dtype": "float32", "gpu_memory_utilization": 0.2, "max_model_len": 2048, "enforce_eager": True}
 
 
-class OneAtATime:
+class OneAtATime(EngineWrapper):
     """Hand the wrapped engine one request per call, as a per-request harness does."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.backend = engine.backend
-        self.accepts_images = engine.accepts_images
-        self.supports_loglik = engine.supports_loglik
-
-    def fingerprint(self) -> dict[str, Any]:
-        return self.engine.fingerprint()
 
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
         out = []
@@ -109,10 +98,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from capbench.engines import build_engine
 
-    gguf = resolve_model("smollm2")
-    folder = args.model or convert_gguf(
-        gguf, Path.home() / ".cache" / "capbench-tests" / f"smollm2-135m-instruct-{sha256_file(str(gguf))[:12]}"
-    )
+    folder = args.model or bundled_checkpoint("smollm2")
     benchmark = load_benchmark("mini")
     captions = read_caption_file(benchmark.example_captions[args.captions])
     engine = build_engine(f"vllm:{folder}", **CPU_OPTIONS)

@@ -29,7 +29,7 @@ from capbench.engines.base import ImagePart, Message, Request, Response, Samplin
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash
 from capbench.records import CaptionSet, Sample
-from capbench.runs import JsonlLog, atomic_write_text, safe_name
+from capbench.runs import JsonlLog, atomic_write_text
 
 DEFAULT_PROMPT = "Describe this image in detail."
 #: Our own wordings of a request for a detailed description (``--caption-prompt paraphrases``).
@@ -189,11 +189,6 @@ class Captioner:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-
-
-def caption_folder(results_dir: Path, benchmark: str, name: str) -> Path:
-    """Where a generated caption set lives: beside its scores."""
-    return Path(results_dir) / safe_name(benchmark) / safe_name(name)
 
 
 def default_name(model: str) -> str:

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from capbench.captioning import CaptionConfig, Captioner, GenerationReport, caption_folder, default_name
+from capbench.captioning import CaptionConfig, Captioner, GenerationReport, default_name
 from capbench.data import BENCHMARKS, Benchmark, load_benchmark
 from capbench.engines import DEFAULT_JUDGE, ENGINES, EngineSpec, build_engine, parse_engine
 from capbench.engines.cache import CachedEngine, ResponseCache
@@ -29,6 +29,7 @@ from capbench.errors import ConfigError
 from capbench.evaluation import Evaluator, RunResult
 from capbench.metrics import METRICS, Metric, build_metric, config_class
 from capbench.records import CaptionSet, read_caption_file
+from capbench.runs import RunDir
 
 
 class _RichProgress:
@@ -240,7 +241,7 @@ def generate_captions(
     with console.status(f"loading model {spec.label}"):
         engine = CachedEngine(build_engine(spec), cache, spec=spec.to_dict())
     captioner = Captioner(engine, spec.to_dict(), config, opts.get("batch_size") or 16)
-    folder = caption_folder(opts["results_dir"], benchmark.name, name)
+    folder = RunDir(opts["results_dir"], benchmark.name, name).path  # beside the set's scores
     columns = (TextColumn("captioning {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(name, total=len(samples))

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from capbench import __version__
 from capbench.data import Benchmark
-from capbench.engines.base import Engine, OnResult, Request, Response
+from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response
 from capbench.engines.cache import CachedEngine, CallStats
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash, sha256_text
@@ -43,19 +43,12 @@ class Progress(Protocol):
         ...
 
 
-class ProgressEngine:
+class ProgressEngine(EngineWrapper):
     """An engine wrapper that reports each batch's size and each completed request."""
 
     def __init__(self, engine: CachedEngine, progress: Progress) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.progress = progress
-        self.backend = engine.backend
-        self.accepts_images = engine.accepts_images
-        self.supports_loglik = engine.supports_loglik
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Return the wrapped engine's fingerprint."""
-        return self.engine.fingerprint()
 
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
         """Run the batch, ticking progress as responses arrive."""

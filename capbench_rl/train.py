@@ -14,10 +14,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from capbench.errors import ConfigError
 from capbench.runs import JsonlLog, atomic_write_text
 from capbench_rl import rewards as R
 from capbench_rl.data import dataset
 from capbench_rl.recipe import Recipe
+
+#: Recipe fields that are GRPOConfig fields of the same name.
+_TRL_FIELDS = (
+    "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",
+    "learning_rate", "beta", "max_steps", "num_train_epochs", "seed", "use_cpu", "bf16",
+)  # fmt: skip
 
 
 def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
@@ -49,18 +56,7 @@ def build_trainer(recipe: Recipe) -> Any:
 
     funcs, weights = reward_functions(recipe)
     config = GRPOConfig(
-        output_dir=recipe.output_dir,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        num_generations=recipe.num_generations,
-        max_completion_length=recipe.max_completion_length,
-        temperature=recipe.temperature,
-        learning_rate=recipe.learning_rate,
-        beta=recipe.beta,
-        max_steps=recipe.max_steps,
-        num_train_epochs=recipe.num_train_epochs,
-        seed=recipe.seed,
-        use_cpu=recipe.use_cpu,
-        bf16=recipe.bf16,
+        **{name: getattr(recipe, name) for name in _TRL_FIELDS},
         reward_weights=weights,
         multi_objective_aggregation=recipe.aggregation,
         log_completions=True,
@@ -68,12 +64,14 @@ def build_trainer(recipe: Recipe) -> Any:
         report_to=[],
         **recipe.trl,
     )
+    try:
+        processor = load_processor(recipe.model)
+    except OSError as exc:  # a missing folder or an unknown hub id
+        raise ConfigError(
+            f"cannot load the policy {recipe.model!r} ({exc}); set model to a checkpoint folder or hub id"
+        ) from None
     trainer = GRPOTrainer(
-        model=recipe.model,
-        reward_funcs=funcs,
-        args=config,
-        train_dataset=dataset(recipe),
-        processing_class=load_processor(recipe.model),
+        model=recipe.model, reward_funcs=funcs, args=config, train_dataset=dataset(recipe), processing_class=processor
     )
     trainer.add_callback(RolloutLog(trainer, recipe))
     return trainer

@@ -106,20 +106,10 @@ def oracle_cli_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2_folder() -> Path:
-    """SmolLM2-135M-Instruct as a transformers folder, converted once from the bundled GGUF and kept.
+    """SmolLM2-135M-Instruct as a transformers folder, converted once from the bundled GGUF and kept."""
+    from capbench.engines.models import bundled_checkpoint
 
-    The folder is cached outside the repository (``$CAPBENCH_TEST_MODELS``, default
-    ``~/.cache/capbench-tests``), keyed by the GGUF's hash, so later runs skip the conversion.
-    """
-    import os
-
-    from capbench.engines.llamacpp import resolve_model
-    from capbench.engines.models import convert_gguf
-    from capbench.hashing import sha256_file
-
-    gguf = resolve_model("smollm2")
-    root = Path(os.environ.get("CAPBENCH_TEST_MODELS", Path.home() / ".cache" / "capbench-tests"))
-    return convert_gguf(gguf, root / f"smollm2-135m-instruct-{sha256_file(str(gguf))[:12]}")
+    return bundled_checkpoint("smollm2")
 
 
 def kill_after_lines(command: list[str], log: Path, lines: int, timeout: float = 240.0) -> int:

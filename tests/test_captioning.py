@@ -16,7 +16,7 @@ from capbench.captioning import DEFAULT_PROMPT, PARAPHRASES, CaptionConfig, Capt
 from capbench.cli import main
 from capbench.data import load_benchmark
 from capbench.engines.base import ImagePart, Response
-from capbench.errors import ConfigError
+from capbench.errors import ConfigError, InputError
 from capbench.records import ImageRef, Sample, read_caption_file
 
 
@@ -47,7 +47,7 @@ def test_prompts_default_paraphrased_and_multi_view(samples):
 
 
 def test_a_sample_without_an_image_is_refused_by_name():
-    with pytest.raises(Exception, match="'bare' has no image"):
+    with pytest.raises(InputError, match="'bare' has no image"):
         CaptionConfig().request(Sample("bare", None))
 
 

@@ -30,6 +30,13 @@ def test_recipes_load_and_bad_ones_say_what_to_fix(tmp_path):
         load_recipe("nope")
 
 
+def test_a_policy_that_cannot_load_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--config", "toy-cpu", "--set", f"model={tmp_path / 'no-such-model'}",
+                                       "--set", f"output_dir={tmp_path / 'run'}"])  # fmt: skip
+    assert result.exit_code == 1 and "cannot load the policy" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.engine
 def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_share(tmp_path):
     from tiny_models import build_tiny_qwen25vl

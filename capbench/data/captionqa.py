@@ -29,6 +29,7 @@ from typing import Any
 
 from capbench.data import Benchmark
 from capbench.engines.cache import capbench_home
+from capbench.engines.images import image_type
 from capbench.errors import ConfigError, InputError, MissingDependencyError
 from capbench.hashing import sha256_bytes
 from capbench.records import ImageRef, Question, Sample
@@ -45,15 +46,6 @@ TOO_FEW_CHOICES = "fewer than 2 choices"
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _TEXT_COLUMNS = ("id", "questions", "domain", "image_paths")
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
 
 
 def load(with_images: bool = False, dataset: str = DEFAULT_DATASET, split: str = "all") -> Benchmark:
@@ -247,7 +239,7 @@ def materialize(data: bytes, name: str = "") -> ImageRef:
     """
     digest = sha256_bytes(data)
     folder = capbench_home() / "images" / NAME
-    target = folder / f"{digest}.{_extension(data, name)}"
+    target = folder / f"{digest}.{image_type(data, name)[1]}"
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         # A unique temporary name, then an atomic rename: concurrent loaders never see half a file.
@@ -258,13 +250,3 @@ def materialize(data: bytes, name: str = "") -> ImageRef:
         finally:
             tmp.unlink(missing_ok=True)
     return ImageRef(str(target), digest)
-
-
-def _extension(data: bytes, name: str) -> str:
-    for magic, ext in _MAGIC:
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    suffix = Path(name).suffix.lower().lstrip(".")
-    return suffix if suffix.isalnum() else "img"

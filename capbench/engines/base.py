@@ -231,6 +231,24 @@ class Engine(Protocol):
         ...
 
 
+class EngineWrapper:
+    """An engine around another: the same capabilities and fingerprint; subclasses change ``run``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.backend = engine.backend
+        self.accepts_images = engine.accepts_images
+        self.supports_loglik = engine.supports_loglik
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the wrapped engine's fingerprint: wrapping does not change outputs."""
+        return self.engine.fingerprint()
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        """Run the wrapped engine unchanged."""
+        return self.engine.run(requests, on_result)
+
+
 def request_key(fingerprint: Mapping[str, Any], request: Request) -> str:
     """Return the cache key of ``request`` sent to an engine with ``fingerprint``."""
     return content_hash({"engine": dict(fingerprint), "request": request.canonical()})

@@ -41,19 +41,12 @@ from typing import Any
 
 from capbench.engines.base import Choice, ImagePart, Message, OnResult, Request, Response, Sampling
 from capbench.engines.hf_checkpoint import limit_pixels, load_processor
+from capbench.engines.images import load_rgb as load_image
 from capbench.engines.models import folder_digest
 from capbench.errors import ConfigError, EngineError, MissingDependencyError
 from capbench.records import ImageRef
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def load_image(path: str) -> Any:
-    """Decode the image at ``path`` as an RGB PIL image."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _image_size(path: str) -> tuple[int, int]:

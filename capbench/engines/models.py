@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from capbench.hashing import sha256_file
+
 _WHOLE = 1 << 24  # files up to this size (configs, tokenizers, templates) are hashed whole
 _SAMPLE = 1 << 16  # bytes read at each of the sampled offsets of a larger (weight) file
 
@@ -56,6 +58,21 @@ def is_vision_model(model: str, revision: str | None = None) -> bool:
 
         data = AutoConfig.from_pretrained(model, revision=revision).to_dict()
     return "vision_config" in data
+
+
+def bundled_checkpoint(name: str = "smollm2", root: Path | None = None) -> Path:
+    """A bundled GGUF model (the embedded judge's) as a transformers folder, converted once and kept.
+
+    The folder lives under ``root`` (default ``$CAPBENCH_MODELS``, else ``~/.cache/capbench/models``),
+    named by the GGUF's hash, so later calls skip the conversion.
+    """
+    import os
+
+    from capbench.engines.llamacpp import resolve_model
+
+    gguf = resolve_model(name)
+    root = root or Path(os.environ.get("CAPBENCH_MODELS", Path.home() / ".cache" / "capbench" / "models"))
+    return convert_gguf(gguf, root / f"{gguf.stem.lower()}-{sha256_file(str(gguf))[:12]}")
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:

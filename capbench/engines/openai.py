@@ -24,9 +24,7 @@ in every error message.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import mimetypes
 import os
 import queue
 import random
@@ -37,10 +35,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, OnResult, Request, Response
+from capbench.engines.images import data_url
 from capbench.errors import ConfigError, MissingDependencyError
 
 try:
@@ -52,7 +50,6 @@ JsonMode = Literal["json_schema", "json_object", "none"]
 #: A server asking to wait longer than this is as good as down; give up on it sooner.
 RETRY_AFTER_CEILING = 300.0
 _NEXT_JSON_MODE: dict[JsonMode, JsonMode] = {"json_schema": "json_object", "json_object": "none", "none": "none"}
-_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"))
 
 
 def parse_base_urls(base_url: str | Sequence[str]) -> tuple[str, ...]:
@@ -93,15 +90,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def image_data_url(path: str | Path) -> str:
-    """Return the file at ``path`` as a base64 ``data:`` URL with its MIME type."""
-    data = Path(path).read_bytes()
-    # The bytes decide the MIME type: a file's extension may lie, and servers check the type.
-    sniffed = next((m for magic, m in _MAGIC if data.startswith(magic)), None)
-    mime = sniffed or mimetypes.guess_type(str(path))[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
 def message_payload(message: Message, images: dict[str, str]) -> dict[str, Any]:
     """Convert a message to the chat format; ``images`` caches data URLs by content hash."""
     if not message.has_image:
@@ -111,7 +99,7 @@ def message_payload(message: Message, images: dict[str, str]) -> dict[str, Any]:
         if isinstance(part, ImagePart):
             ref = part.image
             if ref.sha256 not in images:
-                images[ref.sha256] = image_data_url(ref.path)
+                images[ref.sha256] = data_url(ref.path)
             parts.append({"type": "image_url", "image_url": {"url": images[ref.sha256]}})
         else:
             parts.append({"type": "text", "text": part.text})

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capbench.engines.base import Engine, OnResult, Request, Response
+from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash
 from capbench.records import jsonl_line, read_jsonl
@@ -114,19 +114,12 @@ class CassetteWriter:
         self._known.add(key)
 
 
-class RecordingEngine:
+class RecordingEngine(EngineWrapper):
     """Wraps an engine and records each successful response to a cassette as it arrives."""
 
     def __init__(self, engine: Engine, path: str | os.PathLike[str]) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.writer = CassetteWriter(engine, path)
-        self.backend = engine.backend
-        self.accepts_images = engine.accepts_images
-        self.supports_loglik = engine.supports_loglik
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Return the wrapped engine's fingerprint: recording does not change outputs."""
-        return self.engine.fingerprint()
 
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
         """Run the wrapped engine and record what it answers."""

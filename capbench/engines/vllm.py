@@ -20,15 +20,14 @@ inside one ``LLM`` object.
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import mimetypes
 import os
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any, Literal
 
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, OnResult, Request, Response, TextPart
+from capbench.engines.images import data_url, load_rgb
 from capbench.engines.models import is_vision_model, model_identity
 from capbench.errors import ConfigError, EngineError, MissingDependencyError
 
@@ -264,20 +263,11 @@ class _ImageCache:
     def part(self, part: ImagePart) -> dict[str, Any]:
         sha = part.image.sha256
         if sha not in self.items:
-            self.items[sha] = self._load(part.image.path)
+            path = part.image.path
+            self.items[sha] = data_url(path) if self.transport == "url" else load_rgb(path)
         if self.transport == "url":
             return {"type": "image_url", "image_url": {"url": self.items[sha]}, "uuid": sha}
         return {"type": "image_pil", "image_pil": self.items[sha], "uuid": sha}
-
-    def _load(self, path: str) -> Any:
-        if self.transport == "url":
-            mime = mimetypes.guess_type(path)[0] or "image/png"
-            with open(path, "rb") as handle:
-                return f"data:{mime};base64,{base64.b64encode(handle.read()).decode('ascii')}"
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return image.convert("RGB")
 
 
 def _message(message: Message, images: _ImageCache) -> dict[str, Any]:

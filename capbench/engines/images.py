@@ -1,0 +1,49 @@
+"""Images as engines send them: decoded to RGB, or as ``data:`` URLs, with their type read from the bytes."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+#: Leading bytes of the image formats vision models take, and (MIME type, file extension).
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png", "png"),
+    (b"\xff\xd8\xff", "image/jpeg", "jpg"),
+    (b"GIF87a", "image/gif", "gif"),
+    (b"GIF89a", "image/gif", "gif"),
+    (b"BM", "image/bmp", "bmp"),
+    (b"II*\x00", "image/tiff", "tiff"),
+    (b"MM\x00*", "image/tiff", "tiff"),
+)
+
+
+def image_type(data: bytes, name: str = "") -> tuple[str, str]:
+    """Return (MIME type, extension) of an image: from its bytes, else from ``name``'s suffix.
+
+    The bytes decide: a file's extension may lie, and servers check the type they are told.
+    """
+    for magic, mime, ext in _MAGIC:
+        if data.startswith(magic):
+            return mime, ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp", "webp"
+    suffix = Path(name).suffix.lower().lstrip(".")
+    mime = mimetypes.guess_type(name)[0] if name else None
+    return mime or "application/octet-stream", suffix if suffix.isalnum() else "img"
+
+
+def data_url(path: str | Path) -> str:
+    """Return the file at ``path`` as a base64 ``data:`` URL with its MIME type."""
+    data = Path(path).read_bytes()
+    mime, _ = image_type(data, str(path))
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def load_rgb(path: str | Path) -> Any:
+    """Decode the image at ``path`` as an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
