@@ -113,7 +113,6 @@ class FactConfig:
     max_tokens: int = 2000
     """Most tokens a judge may write per reply."""
     max_facts: int | None = None
-    """Most facts kept per caption (None: all); the embedded preset caps it for the 135M judge."""
     """Most facts a decomposition may list (enforced by the JSON schema), or None for no limit."""
     seed: int = 0
     """Sampling seed (sample i of n uses seed + i where the engine supports seeds)."""
