@@ -127,7 +127,7 @@ def _judge_engine_options(command: Any) -> Any:
     "--metrics",
     default="captionqa",
     show_default=True,
-    help="Comma-separated metrics: captionqa, dcscore, balcap, arena; 'none' only generates captions (--model).",
+    help="Comma-separated metrics: captionqa, caprl, dcscore, balcap, arena; 'none' only generates captions (--model).",
 )
 @click.option(
     "--judge",
@@ -146,7 +146,7 @@ def _judge_engine_options(command: Any) -> Any:
     type=click.Choice(["auto", "letter", "loglik"]),
     default="auto",
     show_default=True,
-    help="CaptionQA: judge writes a letter (the protocol), or options ranked by likelihood; arena: loglik ranks "
+    help="CaptionQA, CapRL: judge writes a letter (the protocol), or options ranked by likelihood; arena: loglik ranks "
     "the three verdicts; auto = loglik for the embedded judge, letter (written verdicts) otherwise.",
 )
 @click.option(
@@ -165,6 +165,13 @@ def _judge_engine_options(command: Any) -> Any:
     show_default=True,
     help="arena: judge both caption orders and keep only wins that survive the swap, or one seeded random "
     "order (the official CapArena protocol).",
+)
+@click.option(
+    "--caprl-samples",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="caprl: questions drawn (with replacement) per caption; the utility is the share answered right.",
 )
 @click.option(
     "--prompt-dir",

@@ -168,6 +168,7 @@ def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric
                 answer_mode=answer_mode,
                 prompt_dir=prompt_dir,
                 order=opts.get("arena_order"),
+                samples=opts.get("caprl_samples"),
             )
         )
     return metrics, modes
@@ -272,9 +273,12 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+_QA_METRICS = ("captionqa", "caprl")
+
 #: Per metric: table title, then (column, summary key) pairs; "failed" columns count images.
 _COLUMNS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "captionqa": ("CaptionQA", [("score", "score"), ("accuracy", "accuracy"), ("cannot %", "cannot_answer_rate")]),
+    "caprl": ("CapRL QA utility", [("utility", "score"), ("cannot %", "cannot_answer_rate")]),
     "dcscore": ("DCScore", [("DCScore", "score"), ("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
                             ("F1 descr.", "f1_descriptive")]),
     "balcap": ("BalCapRL", [("b-CapScore", "score"), ("precision", "precision"), ("recall", "recall"),
@@ -298,13 +302,15 @@ def print_results(
         for index, (label, _) in enumerate(columns):
             table.add_column(label, justify="right", style="bold" if index == 0 else None)
         table.add_column("unscored", justify="right")
-        if metric != "captionqa":
+        if metric not in _QA_METRICS:
             table.add_column("verified by", justify="right")
         for result in results:
             summary = result.summaries[metric]
             row = [result.caption_set, *(_fmt(summary[key]) for _, key in columns)]
             if metric == "captionqa":
                 row.append(str(summary["unparsed"] + summary["failed"]))
+            elif metric == "caprl":
+                row.append(f"{summary['unscored_draws']} draws, {summary['no_utility']} images")
             else:
                 row += [str(summary["failed"]), "+".join(summary["verify_mode"])]
             table.add_row(*row)
@@ -360,6 +366,8 @@ def _arena_table(results: Sequence[RunResult], benchmark: Benchmark, judge: str,
 def _caption(metric: str, judge: str, modes: Mapping[str, str]) -> str:
     if metric == "captionqa":
         return f"judge {judge} ({modes['answer_mode']} answers); score = mean of domain scores, 0-100"
+    if metric == "caprl":
+        return f"judge {judge} ({modes['answer_mode']} answers); utility = 100 × share of draws answered right"
     verified = "; 'reference': facts checked against the reference caption only (no vision judge)"
     return f"judge {judge} ({modes['fact_protocol']} protocol); 0-100; unscored = images left out{verified}"
 

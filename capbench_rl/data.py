@@ -1,9 +1,11 @@
 """Training data: (image, reference caption) pairs as TRL's conversational prompts.
 
 From a capbench benchmark (capbench-mini works as a toy training set), or from a JSONL file of
-``{"image": path, "caption": reference}`` lines (ShareGPT4V-style captions flattened to that).
-Each row holds the prompt (a user turn with the image and the instruction), the image, and the
-columns the rewards read: ``reference_caption`` and ``reference_facts``.
+``{"image": path, "caption": reference}`` lines (ShareGPT4V-style captions flattened to that;
+optional ``id``, ``facts`` and ``questions`` as in capbench's sample records). Each row holds
+the prompt (a user turn with the image and the instruction), the image, and the columns the
+rewards read: ``sample_id``, ``reference_caption``, ``reference_facts``, ``questions`` and
+``domain``.
 """
 
 from __future__ import annotations
@@ -12,40 +14,76 @@ from pathlib import Path
 from typing import Any
 
 from capbench.data import load_benchmark
-from capbench.errors import InputError
-from capbench.records import read_jsonl
-from capbench_rl.recipe import Recipe
+from capbench.errors import ConfigError, InputError
+from capbench.records import Question, read_jsonl
+from capbench_rl.recipe import QA_REWARDS, Recipe
 
 
 def rows(recipe: Recipe) -> list[dict[str, Any]]:
-    """Return the training rows the recipe names: image path, reference caption and facts."""
-    if recipe.benchmark is not None:
-        bench = load_benchmark(recipe.benchmark, with_images=True)
-        out = [
-            {
-                "image_path": s.image.path,
-                "reference_caption": s.reference_caption,
-                "reference_facts": list(s.reference_facts),
-            }
-            for s in bench.samples
-            if s.image is not None and s.reference_caption.strip()
-        ]
-    else:
-        path = Path(str(recipe.data_file))
-        out = []
-        for number, obj in read_jsonl(path):
-            image, caption = obj.get("image"), obj.get("caption")
-            if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
-                raise InputError(f"{path}:{number}: needs 'image' (a path) and a non-empty 'caption'")
-            image_path = (path.parent / image) if not Path(image).is_absolute() else Path(image)
-            if not image_path.is_file():
-                raise InputError(f"{path}:{number}: image {image_path} not found; fix the path (relative to the file)")
-            out.append(
-                {"image_path": str(image_path), "reference_caption": caption, "reference_facts": obj.get("facts") or []}
-            )
+    """Return the training rows the recipe names: image path, reference caption, facts and questions.
+
+    Raises:
+        InputError: a JSONL line without an image or caption, or an image that is not there.
+        ConfigError: a question-answering reward over data that holds no questions.
+    """
+    out = _benchmark_rows(recipe.benchmark) if recipe.benchmark is not None else _file_rows(Path(str(recipe.data_file)))
     if not out:
         raise InputError("the recipe's data holds no (image, reference caption) pair")
-    return out[: recipe.limit] if recipe.limit else out
+    out = out[: recipe.limit] if recipe.limit else out
+    asking = [name for name in recipe.rewards if name in QA_REWARDS]
+    bare = [row["sample_id"] for row in out if not row["questions"]]
+    if asking and bare:
+        shown = ", ".join(bare[:5]) + (" …" if len(bare) > 5 else "")
+        raise ConfigError(
+            f"reward {asking[0]} asks questions about each image, but {len(bare)} training sample(s) have none "
+            f"({shown}); give each JSONL line 'questions', or drop the reward"
+        )
+    return out
+
+
+def _benchmark_rows(name: str) -> list[dict[str, Any]]:
+    bench = load_benchmark(name, with_images=True)
+    return [
+        {
+            "sample_id": s.id,
+            "image_path": s.image.path,
+            "reference_caption": s.reference_caption,
+            "reference_facts": list(s.reference_facts),
+            "questions": [q.to_dict() for q in s.questions],
+            "domain": s.domain,
+        }
+        for s in bench.samples
+        if s.image is not None and s.reference_caption.strip()
+    ]
+
+
+def _file_rows(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for number, obj in read_jsonl(path):
+        image, caption = obj.get("image"), obj.get("caption")
+        if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
+            raise InputError(f"{path}:{number}: needs 'image' (a path) and a non-empty 'caption'")
+        image_path = (path.parent / image) if not Path(image).is_absolute() else Path(image)
+        if not image_path.is_file():
+            raise InputError(f"{path}:{number}: image {image_path} not found; fix the path (relative to the file)")
+        try:
+            asked = obj.get("questions") or []
+            questions = [Question.from_dict({"id": f"{number}-{k}", **q}).to_dict() for k, q in enumerate(asked)]
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{path}:{number}: a question needs 'question', 'choices' and 'answer' ({exc})") from None
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: {exc}") from None
+        out.append(
+            {
+                "sample_id": str(obj.get("id") or f"line-{number}"),
+                "image_path": str(image_path),
+                "reference_caption": caption,
+                "reference_facts": list(obj.get("facts") or []),
+                "questions": questions,
+                "domain": str(obj.get("domain") or "default"),
+            }
+        )
+    return out
 
 
 def dataset(recipe: Recipe) -> Any:

@@ -16,7 +16,12 @@ from typing import Any, Literal
 
 from capbench.errors import ConfigError
 
-REWARDS = ("balcap_precision", "balcap_recall", "balcap_linguistic", "length_penalty")
+REWARDS = (
+    "balcap_precision", "balcap_recall", "balcap_linguistic", "length_penalty", "caprl_qa_utility", "dcscore",
+    "captionqa",
+)  # fmt: skip
+#: Rewards that ask questions about the image: the data must carry them.
+QA_REWARDS = ("caprl_qa_utility", "captionqa")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class Recipe:
     """Unit of the length ratio."""
     length_penalty_coef: float = 1.0
     """Coefficient of the linear length penalty, when that reward is used."""
+    qa_answer_mode: Literal["letter", "loglik"] = "letter"
+    """How the judge answers in caprl_qa_utility and captionqa: a written letter, or options ranked by likelihood."""
+    caprl_samples: int = 8
+    """N: questions drawn per caption by caprl_qa_utility."""
     num_generations: int = 8
     """Rollouts per prompt (the group size)."""
     per_device_train_batch_size: int = 8
@@ -79,6 +88,20 @@ class Recipe:
     """Train on the CPU (toy runs and tests)."""
     bf16: bool = False
     """Train in bfloat16 (GPUs)."""
+    save_steps: int = 500
+    """Save a checkpoint every N steps (each is evaluated when eval_benchmark is set)."""
+    eval_benchmark: str | None = None
+    """Held-out capbench benchmark to score each checkpoint on with `capbench eval` (None: no evaluation)."""
+    eval_dataset: str | None = None
+    """Its data: a hub id or local folder (as `capbench eval --dataset`), where the benchmark needs one."""
+    eval_split: str | None = None
+    """Its split (as `capbench eval --split`)."""
+    eval_limit: int | None = None
+    """Evaluate on the first N held-out samples only."""
+    eval_metrics: list[str] = field(default_factory=lambda: ["balcap"])
+    """Metrics of the evaluation (as `capbench eval --metrics`)."""
+    eval_engine: Literal["hf", "vllm"] = "hf"
+    """Engine that captions the held-out images with the checkpoint."""
     trl: dict[str, Any] = field(default_factory=dict)
     """Further GRPOConfig settings, passed as they are (e.g. use_vllm, vllm_mode, gradient_accumulation_steps)."""
 
@@ -94,6 +117,10 @@ class Recipe:
             raise ConfigError(f"length_band must be [low, high] with 0 <= low < high, got {self.length_band}")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: group normalisation needs a group")
+        if self.caprl_samples < 1:
+            raise ConfigError(f"caprl_samples must be >= 1, got {self.caprl_samples}")
+        if self.eval_benchmark is not None and not self.eval_metrics:
+            raise ConfigError("eval_metrics is empty: name at least one metric to evaluate checkpoints with")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the recipe as a JSON-ready dict (it is saved beside the run's outputs)."""

@@ -1,5 +1,8 @@
 """capbench metrics as TRL reward functions, with length-conditional masking and a length penalty.
 
+The rewards: BalCapRL's precision, recall and linguistic quality; CapRL's QA utility; and, for
+ablations, DCScore and CaptionQA, each scaled into [0, 1] (:data:`METRIC_REWARDS`).
+
 Each reward is a module-level ``async def f(prompts, completions, **columns) -> list[float | None]``
 configured with :func:`functools.partial`: TRL detects coroutine functions with
 :func:`inspect.iscoroutinefunction`, which sees through a partial; a partial pickles (so the
@@ -29,12 +32,13 @@ from typing import Any, Literal
 from capbench.engines import build_engine, parse_engine
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.errors import ConfigError
-from capbench.metrics import build_metric
+from capbench.metrics import build_metric, config_class
 from capbench.metrics.facts import FactConfig
-from capbench.records import Caption, Sample
+from capbench.records import Caption, Question, Sample
 
 Unit = Literal["words", "tokens"]
-Component = Literal["precision", "recall", "linguistic", "b_capscore"]
+Options = tuple[tuple[str, Any], ...]
+"""A metric's config fields as (name, value) pairs: hashable, so each set builds one metric per process."""
 
 #: Per reward name: calls, rollouts, unscored (judge failed), masked (length), seconds.
 STATS: dict[str, Counter[str]] = {}
@@ -131,6 +135,18 @@ def length_ratio(caption: str, reference: str, unit: Unit = "words", tokenizer: 
     return count(caption) / reference_length
 
 
+@functools.cache
+def _load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def _tokenizer(unit: Unit, name: str | None) -> Any:
+    """The policy's tokenizer when lengths are counted in tokens (loaded once per process), else None."""
+    return _load_tokenizer(name) if unit == "tokens" and name else None
+
+
 def in_band(rho: float, band: tuple[float, float]) -> bool:
     """Whether ρ lies in the closed band [τ_l, τ_u]."""
     low, high = band
@@ -146,57 +162,95 @@ def linear_length_penalty(rho: float, coef: float = 1.0) -> float:
     return -coef * abs(rho - 1.0)
 
 
-async def balcap_reward(
+#: Reward name -> (metric, the per-sample value that becomes the reward, divisor into [0, 1]).
+METRIC_REWARDS: dict[str, tuple[str, str, float]] = {
+    "balcap_precision": ("balcap", "precision", 1.0),
+    "balcap_recall": ("balcap", "recall", 1.0),
+    "balcap_linguistic": ("balcap", "linguistic", 1.0),
+    "caprl_qa_utility": ("caprl", "utility", 100.0),
+    "dcscore_reward": ("dcscore", "dcscore", 100.0),
+    "captionqa_reward": ("captionqa", "score", 100.0),
+}
+
+
+async def metric_reward(
     prompts: Sequence[Any],
     completions: Sequence[Any],
     *,
-    component: Component,
+    name: str,
     setup: JudgeSetup,
     reference_caption: Sequence[str],
-    reference_facts: Sequence[Sequence[str]] | None = None,
+    metric_options: Options = (),
     band: tuple[float, float] | None = None,
     unit: Unit = "words",
-    name: str = "",
+    tokenizer: str | None = None,
     **columns: Any,
 ) -> list[float | None]:
-    """One BalCapRL reward per rollout: precision, recall, linguistic (masked by length) or b-CapScore.
+    """Score each rollout with the capbench metric behind reward ``name`` (see :data:`METRIC_REWARDS`).
 
-    With ``band`` (the linguistic reward), a rollout whose length ratio lies outside it gets 0
-    without asking the judge about its language.
+    The rollouts become capbench samples from the dataset columns TRL passes along
+    (``sample_id``, ``reference_caption``, ``reference_facts``, ``questions``, ``domain``), so a
+    caption scores exactly what ``capbench eval`` gives it, through the same cache. With
+    ``band``, a rollout whose length ratio lies outside it gets 0 without asking the judge.
     """
     start = time.perf_counter()
+    metric, key, scale = METRIC_REWARDS[name]
     captions = [completion_text(c) for c in completions]
+    counter = _tokenizer(unit, tokenizer)
     masked = [
-        band is not None and not in_band(length_ratio(c, r, unit), band)
+        band is not None and not in_band(length_ratio(c, r, unit, counter), band)
         for c, r in zip(captions, reference_caption, strict=True)
     ]
-    samples = [
-        Sample(
-            f"rollout-{i}",
-            None,
-            reference_caption=ref,
-            reference_facts=tuple((reference_facts or [()] * len(captions))[i]),
-        )
-        for i, ref in enumerate(reference_caption)
-    ]
+    samples = _samples(reference_caption, columns)
     todo = [i for i, m in enumerate(masked) if not m]
-    values = await asyncio.to_thread(_score_balcap, setup, [samples[i] for i in todo], [captions[i] for i in todo])
+    values = await asyncio.to_thread(
+        _score, setup, metric, metric_options, [samples[i] for i in todo], [captions[i] for i in todo]
+    )
     out: list[float | None] = [0.0] * len(captions)
     for i, value in zip(todo, values, strict=True):
-        out[i] = None if value.get(component) is None else float(value[component])
-    _count(name or f"balcap_{component}", len(captions), sum(v is None for v in out), sum(masked), start)
+        out[i] = None if value.get(key) is None else float(value[key]) / scale
+    _count(name, len(captions), sum(v is None for v in out), sum(masked), start)
     return out
 
 
-def _score_balcap(setup: JudgeSetup, samples: list[Sample], captions: list[str]) -> list[Mapping[str, Any]]:
+def _samples(reference_caption: Sequence[str], columns: Mapping[str, Any]) -> list[Sample]:
+    """The rollouts as capbench samples (one per rollout; a group's rollouts share their image's id)."""
+    n = len(reference_caption)
+    ids = columns.get("sample_id") or [f"rollout-{i}" for i in range(n)]
+    facts = columns.get("reference_facts") or [()] * n
+    questions = columns.get("questions") or [()] * n
+    domains = columns.get("domain") or ["default"] * n
+    return [
+        Sample(
+            str(ids[i]),
+            None,
+            reference_caption=reference_caption[i],
+            reference_facts=tuple(facts[i] or ()),
+            questions=tuple(Question.from_dict(q) for q in questions[i] or ()),
+            domain=str(domains[i]),
+        )
+        for i in range(n)
+    ]
+
+
+def _score(
+    setup: JudgeSetup,
+    metric_name: str,
+    options: tuple[tuple[str, Any], ...],
+    samples: list[Sample],
+    captions: list[str],
+) -> list[Mapping[str, Any]]:
     if not samples:
         return []
     state = runtime(setup)
     with state.lock:  # one scoring at a time per judge set; concurrent rewards then hit the cache
-        metric = state.metrics.get("balcap")
+        metric = state.metrics.get((metric_name, options))
         if metric is None:
-            config = FactConfig.preset(setup.fact_protocol, seed=setup.seed)
-            metric = state.metrics["balcap"] = build_metric("balcap", config)
+            if config_class(metric_name) == "FactConfig":
+                metric = build_metric(metric_name, FactConfig.preset(setup.fact_protocol, seed=setup.seed))
+            else:
+                metric = build_metric(metric_name, seed=setup.seed, **dict(options))
+            state.metrics[(metric_name, options)] = metric
         scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], state.judges)
     return [s.values for s in scores]
 
@@ -208,12 +262,14 @@ async def length_penalty_reward(
     reference_caption: Sequence[str],
     coef: float = 1.0,
     unit: Unit = "words",
+    tokenizer: str | None = None,
     **columns: Any,
 ) -> list[float | None]:
     """The linear length penalty per rollout (the paper's baseline to masking)."""
     start = time.perf_counter()
+    counter = _tokenizer(unit, tokenizer)
     out: list[float | None] = [
-        linear_length_penalty(length_ratio(completion_text(c), r, unit), coef)
+        linear_length_penalty(length_ratio(completion_text(c), r, unit, counter), coef)
         for c, r in zip(completions, reference_caption, strict=True)
     ]
     _count("length_penalty_reward", len(out), 0, 0, start)
@@ -222,17 +278,32 @@ async def length_penalty_reward(
 
 async def balcap_precision(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """BalCapRL precision: share of the caption's facts judged correct and pointable."""
-    return await balcap_reward(prompts, completions, component="precision", name="balcap_precision", **columns)
+    return await metric_reward(prompts, completions, name="balcap_precision", **columns)
 
 
 async def balcap_recall(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """BalCapRL recall: share of the reference's facts the caption covers."""
-    return await balcap_reward(prompts, completions, component="recall", name="balcap_recall", **columns)
+    return await metric_reward(prompts, completions, name="balcap_recall", **columns)
 
 
 async def balcap_linguistic(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """BalCapRL linguistic quality, 0 outside the length band (``band=None`` masks nothing)."""
-    return await balcap_reward(prompts, completions, component="linguistic", name="balcap_linguistic", **columns)
+    return await metric_reward(prompts, completions, name="balcap_linguistic", **columns)
+
+
+async def caprl_qa_utility(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """CapRL's QA utility: share of N drawn questions a text judge answers right from the caption."""
+    return await metric_reward(prompts, completions, name="caprl_qa_utility", **columns)
+
+
+async def dcscore_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """The image's DCScore / 100 (ablations)."""
+    return await metric_reward(prompts, completions, name="dcscore_reward", **columns)
+
+
+async def captionqa_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """The image's CaptionQA score / 100, "cannot answer" credit included (ablations)."""
+    return await metric_reward(prompts, completions, name="captionqa_reward", **columns)
 
 
 def reward(func: Callable[..., Any], **settings: Any) -> functools.partial[Any]:

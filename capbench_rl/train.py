@@ -2,9 +2,12 @@
 
 Each logged step appends to ``<output_dir>/rollouts.jsonl`` what TRL computed for the step's
 rollouts (every reward, the advantage, the caption and its length ratio) and to
-``steps.jsonl`` the reward-side figures: per reward, its rollouts, the share masked by length,
-rollouts left unscored by a judge failure and its seconds; the judges' calls, cache hits and
-failures; and the step's total seconds.
+``steps.jsonl`` the step's figures: its seconds and where they went (generation, rewards, the
+rest of the rollout, the update, and reward time overlapping generation; see
+:mod:`capbench_rl.timing`); per reward, its rollouts, the share masked by length, rollouts left
+unscored by a judge failure and its seconds; and the judges' calls, cache hits and failures.
+With ``eval_benchmark`` set, every checkpoint is also scored by ``capbench eval``
+(:mod:`capbench_rl.evaluate`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from capbench.errors import ConfigError
 from capbench.runs import JsonlLog, atomic_write_text
 from capbench_rl import rewards as R
 from capbench_rl.data import dataset
+from capbench_rl.evaluate import CheckpointEval
 from capbench_rl.recipe import Recipe
+from capbench_rl.timing import PhaseTimer
 
 #: Recipe fields that are GRPOConfig fields of the same name.
 _TRL_FIELDS = (
     "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",
-    "learning_rate", "beta", "max_steps", "num_train_epochs", "seed", "use_cpu", "bf16",
+    "learning_rate", "beta", "max_steps", "num_train_epochs", "seed", "use_cpu", "bf16", "save_steps",
 )  # fmt: skip
 
 
@@ -37,13 +42,18 @@ def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
         seed=recipe.seed,
     )
     band = tuple(recipe.length_band) if recipe.length_band is not None else None
+    length = {"unit": recipe.length_unit, "tokenizer": recipe.model if recipe.length_unit == "tokens" else None}
+    qa = (("answer_mode", recipe.qa_answer_mode),)
     made = {
         "balcap_precision": lambda: R.reward(R.balcap_precision, setup=setup),
         "balcap_recall": lambda: R.reward(R.balcap_recall, setup=setup),
-        "balcap_linguistic": lambda: R.reward(R.balcap_linguistic, setup=setup, band=band, unit=recipe.length_unit),
-        "length_penalty": lambda: R.reward(
-            R.length_penalty_reward, coef=recipe.length_penalty_coef, unit=recipe.length_unit
+        "balcap_linguistic": lambda: R.reward(R.balcap_linguistic, setup=setup, band=band, **length),
+        "length_penalty": lambda: R.reward(R.length_penalty_reward, coef=recipe.length_penalty_coef, **length),
+        "caprl_qa_utility": lambda: R.reward(
+            R.caprl_qa_utility, setup=setup, metric_options=(*qa, ("samples", recipe.caprl_samples))
         ),
+        "dcscore": lambda: R.reward(R.dcscore_reward, setup=setup),
+        "captionqa": lambda: R.reward(R.captionqa_reward, setup=setup, metric_options=qa),
     }
     return [made[name]() for name in recipe.rewards], [float(w) for w in recipe.rewards.values()]
 
@@ -73,7 +83,9 @@ def build_trainer(recipe: Recipe) -> Any:
     trainer = GRPOTrainer(
         model=recipe.model, reward_funcs=funcs, args=config, train_dataset=dataset(recipe), processing_class=processor
     )
-    trainer.add_callback(RolloutLog(trainer, recipe))
+    trainer.add_callback(RolloutLog(trainer, recipe, PhaseTimer(trainer)))
+    if recipe.eval_benchmark is not None:
+        trainer.add_callback(CheckpointEval(trainer, recipe))
     return trainer
 
 
@@ -97,9 +109,10 @@ def _make_callback_base() -> type:
 class RolloutLog(_make_callback_base()):  # type: ignore[misc]
     """Write each step's rollouts and reward figures next to the checkpoints."""
 
-    def __init__(self, trainer: Any, recipe: Recipe) -> None:
+    def __init__(self, trainer: Any, recipe: Recipe, timer: PhaseTimer) -> None:
         self.trainer = trainer
         self.recipe = recipe
+        self.timer = timer
         out = Path(recipe.output_dir)
         self.rollouts = JsonlLog(out / "rollouts.jsonl")
         self.steps = JsonlLog(out / "steps.jsonl")
@@ -120,7 +133,11 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
              "advantage": float(advantage)}
             for text, row, advantage in zip(texts, table, batch["advantages"], strict=True)
         )  # fmt: skip
-        self.steps.append_rows([{"step": state.global_step, "step_seconds": logs.get("step_time"), **self._delta()}])
+        seconds = logs.get("step_time")
+        phases = self.timer.take(seconds)
+        self.steps.append_rows(
+            [{"step": state.global_step, "step_seconds": seconds, "phases": phases, **self._delta()}]
+        )
 
     def _delta(self) -> dict[str, Any]:
         """Reward figures since the last step, from the rewards' counters."""

@@ -182,3 +182,94 @@ def test_a_judge_failure_is_none_and_counted_never_zero(scripted_cli_engine):
     assert values == [None]
     assert rewards.STATS["balcap_precision"]["unscored"] == 1
     rewards._RUNTIMES.clear()
+
+
+# --- CapRL, CaptionQA and DCScore rewards: capbench eval's numbers, per rollout ---------------------
+
+
+class LengthParityJudge:
+    """``parity:any``: answers a letter chosen by the request's length, so different captions get different answers."""
+
+    backend = "parity"
+    accepts_images = False
+    supports_loglik = False
+
+    def __init__(self, model: str = "any") -> None:
+        self.model = model
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.backend, "model": self.model}
+
+    def run(self, requests, on_result=None):
+        from capbench.engines.base import Response
+
+        out = [Response(texts=("ABC"[len(r.messages[-1].joined_text()) % 3],)) for r in requests]
+        for index, response in enumerate(out):
+            if on_result is not None:
+                on_result(index, response)
+        return out
+
+
+def _columns(samples):
+    return {
+        "sample_id": [s.id for s in samples],
+        "reference_caption": [s.reference_caption for s in samples],
+        "reference_facts": [list(s.reference_facts) for s in samples],
+        "questions": [[q.to_dict() for q in s.questions] for s in samples],
+        "domain": [s.domain for s in samples],
+    }
+
+
+@pytest.mark.parametrize(
+    ("func", "metric", "options", "key", "scale"),
+    [
+        (rewards.caprl_qa_utility, "caprl", (("samples", 5),), "utility", 100.0),
+        (rewards.captionqa_reward, "captionqa", (), "score", 100.0),
+    ],
+)
+def test_qa_rewards_equal_capbench_eval_per_rollout(monkeypatch, func, metric, options, key, scale):
+    from capbench import engines
+
+    monkeypatch.setitem(engines.ENGINES, "parity", ("test_rl_rewards", "LengthParityJudge", "test engine"))
+    rewards._RUNTIMES.clear()
+    setup = JudgeSetup(judge="parity:any", cache=":memory:")
+    bench = load_benchmark("mini")
+    image = bench.samples[0]
+    group = [image] * 3  # one image, three rollouts: records must not mix across them
+    captions = [read_caption_file(path).captions[image.id] for path in bench.example_captions.values()][:3]
+    got = asyncio.run(rewards.reward(func, setup=setup, metric_options=options)(["p"] * 3, captions, **_columns(group)))
+
+    reference = build_metric(metric, seed=0, **dict(options))
+    scores = reference.score(group, [Caption(image.id, c) for c in captions], {"text": LengthParityJudge()})
+    assert got == pytest.approx([s.values[key] / scale for s in scores])
+    assert len(set(got)) > 1  # the three captions draw differently, so the check has something to compare
+    assert all(0.0 <= v <= 1.0 for v in got)
+    rewards._RUNTIMES.clear()
+
+
+def test_dcscore_reward_equals_capbench_eval(oracle_setup):
+    bench = load_benchmark("mini")
+    samples = list(bench.samples[:3])
+    captions = read_caption_file(bench.example_captions["planted_errors"]).captions
+    texts = [captions[s.id] for s in samples]
+    got = asyncio.run(rewards.reward(rewards.dcscore_reward, setup=oracle_setup)(["p"] * 3, texts, **_columns(samples)))
+
+    from oracle_engine import OracleEngine
+
+    metric = build_metric("dcscore", FactConfig.preset("official"))
+    scores = metric.score(samples, [Caption(s.id, t) for s, t in zip(samples, texts, strict=True)],
+                          {"text": CachedEngine(OracleEngine(), ResponseCache(":memory:"))})  # fmt: skip
+    assert got == pytest.approx([s.values["dcscore"] / 100 for s in scores])
+    assert all(0.0 < v < 1.0 for v in got)
+
+
+def test_length_in_tokens_reads_the_policys_tokenizer(monkeypatch):
+    class Chars:
+        def encode(self, text, add_special_tokens=False):
+            return list(text)
+
+    monkeypatch.setattr(rewards, "_load_tokenizer", lambda name: Chars())
+    penalty = rewards.reward(rewards.length_penalty_reward, unit="tokens", tokenizer="policy")
+    assert asyncio.run(penalty(["p"], ["abc"], reference_caption=["abcdef"])) == [-0.5]
+    with pytest.raises(ConfigError, match="needs a tokenizer"):
+        asyncio.run(rewards.reward(rewards.length_penalty_reward, unit="tokens")(["p"], ["a"], reference_caption=["b"]))

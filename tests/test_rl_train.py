@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from capbench.data import load_benchmark
-from capbench.errors import ConfigError
+from capbench.errors import ConfigError, InputError
 from capbench_rl.advantages import advantages
 from capbench_rl.cli import main
 from capbench_rl.recipe import load_recipe
@@ -49,14 +49,14 @@ def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_sha
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2]
-    names = ["balcap_precision", "balcap_recall", "balcap_linguistic", "length_penalty_reward"]
+    names = ["balcap_precision", "balcap_recall", "balcap_linguistic", "caprl_qa_utility", "length_penalty_reward"]
     references = {s.reference_caption for s in load_benchmark("mini").samples[:2]}
     for step in (1, 2):
         batch = [r for r in rollouts if r["step"] == step]
         assert len(batch) == 3  # one prompt, a group of 3 rollouts
         table = [[r["rewards"][n] for n in names] for r in batch]
         # what TRL logged is c-GDPO computed by hand from the logged rewards
-        expected = advantages(table, [1.0, 1.0, 1.0, 0.5], 3, "normalize_then_sum")
+        expected = advantages(table, [1.0, 1.0, 1.0, 1.0, 0.5], 3, "normalize_then_sum")
         assert any(abs(a) > 0.1 for a in expected)  # the check has something to check
         assert [r["advantage"] for r in batch] == pytest.approx(list(expected), abs=1e-4)
         # 8-token babble against 100-200-word references: every rollout is masked
@@ -66,5 +66,111 @@ def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_sha
         judge = steps[step - 1]["judge"]
         assert judge["calls"] > 0 and judge["cache_hits"] > 0  # precision's calls answer recall from the cache
         assert figures["balcap_linguistic"]["masked_share"] == 1.0 and figures["balcap_linguistic"]["rollouts"] == 3
+        # CapRL's utility scored every rollout (4 draws each: a multiple of 1/4)
+        assert all(r["rewards"]["caprl_qa_utility"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in batch)
+        # where the step's time went: measured phases that add up to the step
+        phases = steps[step - 1]["phases"]
+        assert phases["generation"] > 0 and phases["rewards"] > 0 and phases["update"] > 0
+        parts = phases["generation"] + phases["rewards"] + phases["rollout_other"] + phases["update"]
+        assert parts == pytest.approx(steps[step - 1]["step_seconds"], abs=0.01)
+        assert phases["reward_overlap"] == 0.0  # TRL scores rollouts after generating them
+    # the checkpoint of step 2 was scored by `capbench eval`, beside the training metrics
+    [evaluation] = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert "error" not in evaluation, evaluation
+    assert evaluation["step"] == 2 and evaluation["checkpoint"].endswith("checkpoint-2")
+    assert evaluation["samples"] == 1 and evaluation["generation"]["generated"] == 1
+    utility = evaluation["metrics"]["caprl"]["score"]
+    assert 0.0 <= utility <= 100.0 and utility * 4 / 100 == int(utility * 4 / 100)  # 4 draws
+    history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert any("loss" in entry for entry in history)
+    state = json.loads((out / "eval" / "mini" / "checkpoint-2" / "manifest.json").read_text())
+    assert state["metrics"]["caprl"]["config"]["samples"] == 4
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["model"] == str(model) and recipe["aggregation"] == "normalize_then_sum"
+
+
+def test_training_rows_carry_questions_and_qa_rewards_need_them(tmp_path):
+    from PIL import Image
+
+    from capbench_rl.data import rows
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    lines = [
+        {"id": "a", "image": "a.png", "caption": "A black square.",
+         "questions": [{"question": "What colour?", "choices": ["black", "white"], "answer": "black"}]},
+        {"image": "a.png", "caption": "Dark."},
+    ]  # fmt: skip
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    recipe = load_recipe("toy-cpu", ["model=m", "benchmark=null", f"data_file={data}", "limit=null"])
+    with pytest.raises(
+        ConfigError, match=r"caprl_qa_utility asks questions .* 1 training sample\(s\) have none \(line-2\)"
+    ):
+        rows(recipe)
+    plain = rows(load_recipe("toy-cpu", ["model=m", "benchmark=null", f"data_file={data}", "rewards={dcscore: 1}"]))
+    assert [r["sample_id"] for r in plain] == ["a", "line-2"]
+    assert plain[0]["questions"] == [
+        {"id": "1-0", "question": "What colour?", "choices": ["black", "white"], "answer": "black", "category": ""}
+    ]
+    data.write_text(json.dumps({**lines[0], "questions": [{"question": "Q?", "choices": ["x", "y"], "answer": "z"}]}))
+    with pytest.raises(InputError, match=r"train.jsonl:1: .*answer 'z' is not one of its choices"):
+        rows(recipe)
+    mini = rows(load_recipe("toy-cpu", ["model=m"]))
+    assert len(mini) == 2 and all(len(r["questions"]) >= 10 for r in mini)
+
+
+def test_the_checkpoint_evaluation_command_carries_the_recipes_protocol(tmp_path):
+    from capbench_rl.evaluate import eval_command
+
+    recipe = load_recipe("toy-cpu", ["model=m", f"output_dir={tmp_path}", "judge_options=[n_ctx=2048]",
+                                     "eval_split=natural", "eval_metrics=[caprl, balcap]"])  # fmt: skip
+    command = eval_command(recipe, tmp_path / "checkpoint-7", "checkpoint-7")
+    value = {flag: command[command.index(flag) + 1] for flag in command if flag.startswith("--")}
+    assert command[1:4] == ["-m", "capbench", "eval"]
+    assert value["--model"] == str(tmp_path / "checkpoint-7") and value["--engine"] == "hf"
+    assert value["--metrics"] == "caprl,balcap" and value["--caprl-samples"] == "4"
+    assert value["--answer-mode"] == "loglik" and value["--caption-max-tokens"] == "8"
+    assert value["--judge-opt"] == "n_ctx=2048" and value["--split"] == "natural" and value["--limit"] == "1"
+    assert {"--regenerate", "--overwrite", "--json"} <= set(command)
+    assert value["--results-dir"] == str(tmp_path / "eval")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "seconds"),
+    [
+        ([(0.0, 2.0)], [(2.0, 3.0)], 0.0),  # one after the other
+        ([(0.0, 2.0)], [(1.5, 3.0)], 0.5),  # half a second together
+        ([(0.0, 1.0), (2.0, 4.0)], [(0.5, 2.5)], 1.0),  # across two calls
+    ],
+)
+def test_overlap_of_intervals(first, second, seconds):
+    from capbench_rl.timing import overlap
+
+    assert overlap(first, second) == pytest.approx(seconds)
+
+
+def test_phase_timer_times_the_wrapped_methods_and_derives_the_update():
+    import time
+
+    from capbench_rl.timing import PhaseTimer
+
+    class Trainer:
+        def _generate(self):
+            time.sleep(0.02)
+
+        def _calculate_rewards(self):
+            time.sleep(0.03)
+
+        def _generate_and_score_completions(self):
+            self._generate()
+            self._calculate_rewards()
+            time.sleep(0.01)
+
+    trainer = Trainer()
+    timer = PhaseTimer(trainer)
+    trainer._generate_and_score_completions()
+    phases = timer.take(step_seconds=0.1)
+    assert phases["generation"] == pytest.approx(0.02, abs=0.01) and phases["rewards"] == pytest.approx(0.03, abs=0.01)
+    assert phases["rollout_other"] == pytest.approx(0.01, abs=0.01) and phases["reward_overlap"] == 0.0
+    assert phases["update"] == pytest.approx(0.1 - 0.06, abs=0.01)
+    assert timer.take(0.0)["generation"] == 0.0  # taken figures are forgotten

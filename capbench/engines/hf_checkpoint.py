@@ -20,7 +20,7 @@ def load_processor(model: str, **kwargs: Any) -> Any:
 
     try:
         return AutoProcessor.from_pretrained(model, **kwargs)
-    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+    except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:  # OSError: no video processor file
         if importlib.util.find_spec("torchvision") is not None:
             raise
         error = exc

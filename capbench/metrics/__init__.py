@@ -16,6 +16,12 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "CaptionQAConfig",
         "multiple-choice questions answered from the caption alone (CaptionQA)",
     ),
+    "caprl": (
+        "capbench.metrics.caprl",
+        "CapRL",
+        "CapRLConfig",
+        "CapRL QA utility: share of N drawn questions a text LLM answers right from the caption",
+    ),
     "dcscore": (
         "capbench.metrics.dcscore",
         "DCScore",

@@ -106,6 +106,26 @@ def caption_pmi(with_caption: Sequence[float], without_caption: Sequence[float])
     return [a - b for a, b in zip(with_caption, without_caption, strict=True)]
 
 
+def read_answer(
+    response: Response, baseline: Response | None, options: Sequence[str]
+) -> tuple[int | None, dict[str, Any]]:
+    """Read which presented option a judge chose: (its index or None, fields for the record).
+
+    In letter mode (no ``baseline``) the reply is parsed; in loglik mode the option the caption
+    raises most (:func:`caption_pmi`) is chosen. A failed call gives ``{"error": ...}``.
+    """
+    failed = next((r for r in (response, baseline) if r is not None and not r.ok), None)
+    if failed is None and baseline is not None and None in (response.option_logprobs, baseline.option_logprobs):
+        failed = Response(error="the judge returned no option scores")
+    if failed is not None:
+        return None, {"reply": None, "error": failed.error or "no response"}
+    if baseline is None:
+        return parse_choice(response.text, options), {"reply": response.text}
+    pmi = caption_pmi(response.option_logprobs or (), baseline.option_logprobs or ())
+    shown = max(range(len(pmi)), key=pmi.__getitem__)
+    return shown, {"option_scores": [round(x, 6) for x in pmi], "reply": LETTERS[shown]}
+
+
 def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Aggregate per-question records into domain and overall scores (pure).
 
@@ -215,11 +235,12 @@ class CaptionQA:
         """Return the hashes of the prompt templates in use."""
         return {t.name: t.sha256 for t in (self._system, self._user)}
 
-    def build_request(self, caption: str, question: Question, options: Sequence[str]) -> Request:
+    def build_request(self, caption: str, question: Question, options: Sequence[str], seed: int = 0) -> Request:
         """Build the judge request for one question: instructions, caption, then the question.
 
-        In letter mode the options are listed and the judge writes a letter; in loglik mode the
-        judge is asked the question and each option is scored as its answer.
+        In letter mode the options are listed and the judge writes a letter (sampled with
+        ``seed``); in loglik mode the judge is asked the question and each option is scored as
+        its answer.
         """
         lines = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
         fields = {"caption": caption, "question": question.question}
@@ -229,7 +250,7 @@ class CaptionQA:
             return Request(messages, Sampling(max_tokens=1, temperature=0.0), Choice(tuple(options), loglik=True))
         user = self._user.render(**fields, options=lines)
         messages = (Message.text("system", self._system.render()), Message.text("user", user))
-        return Request(messages, Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature))
+        return Request(messages, Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature, seed=seed))
 
     def planned_requests(self, samples: Sequence[Sample]) -> int:
         """One request per question (two in loglik mode: with and without the caption)."""
@@ -244,15 +265,18 @@ class CaptionQA:
                 f"answer mode 'loglik' needs an engine that scores options; {judge.backend} does not. "
                 "Use --answer-mode letter"
             )
-        items = [self._item(s, c, q) for s, c in zip(samples, captions, strict=True) for q in s.questions]
+        # Records are gathered by position, not by sample id: a batch may hold several captions of
+        # one image (a group of RL rollouts).
+        owners = [(n, s, c, q) for n, (s, c) in enumerate(zip(samples, captions, strict=True)) for q in s.questions]
+        items = [self._item(s, c, q) for _, s, c, q in owners]
         baselines = [item.baseline for item in items if item.baseline is not None]
         responses = judge.run([item.request for item in items] + baselines)
         answers, no_caption = responses[: len(items)], iter(responses[len(items) :])
-        per_sample: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for item, response in zip(items, answers, strict=True):
+        per_sample: list[list[dict[str, Any]]] = [[] for _ in samples]
+        for (n, *_), item, response in zip(owners, items, answers, strict=True):
             baseline = next(no_caption) if item.baseline is not None else None
-            per_sample[item.sample.id].append(self._judgment(item, response, baseline))
-        return [self._sample_score(s, c, per_sample.get(s.id, [])) for s, c in zip(samples, captions, strict=True)]
+            per_sample[n].append(self._judgment(item, response, baseline))
+        return [self._sample_score(s, c, per_sample[n]) for n, (s, c) in enumerate(zip(samples, captions, strict=True))]
 
     def _item(self, sample: Sample, caption: Caption, question: Question) -> _Item:
         options, order = presented_options(question, self.cfg.seed, sample.id)
@@ -270,21 +294,12 @@ class CaptionQA:
             "options": item.options,
             "answer": LETTERS[item.order.index(item.question.answer_index)],
         }
-        failed = next((r for r in (response, baseline) if r is not None and not r.ok), None)
-        if failed is None and baseline is not None and None in (response.option_logprobs, baseline.option_logprobs):
-            failed = Response(error="the judge returned no option scores")
-        if failed is not None:
+        shown, read = read_answer(response, baseline, item.options)
+        record.update(read)
+        if "error" in read:
             status: Status = "failed"
-            record.update(status=status, score=None, reply=None, error=failed.error or "no response")
+            record.update(status=status, score=None)
             return record
-        if baseline is not None:
-            pmi = caption_pmi(response.option_logprobs or (), baseline.option_logprobs or ())
-            shown: int | None = max(range(len(pmi)), key=pmi.__getitem__)
-            record["option_scores"] = [round(x, 6) for x in pmi]
-            record["reply"] = LETTERS[shown]
-        else:
-            record["reply"] = response.text
-            shown = parse_choice(response.text, item.options)
         chosen = None if shown is None else item.order[shown]
         status = answer_status(chosen, item.question)
         record.update(
