@@ -37,6 +37,8 @@ def eval_command(recipe: Recipe, checkpoint: Path, name: str) -> list[str]:
     ]  # fmt: skip
     for option in recipe.judge_options:
         command += ["--judge-opt", option]
+    for option in recipe.eval_model_options:
+        command += ["--model-opt", option]
     if recipe.vision_judge:
         command += ["--vision-judge", recipe.vision_judge]
     for flag, value in (("--dataset", recipe.eval_dataset), ("--split", recipe.eval_split)):

@@ -102,6 +102,8 @@ class Recipe:
     """Metrics of the evaluation (as `capbench eval --metrics`)."""
     eval_engine: Literal["hf", "vllm"] = "hf"
     """Engine that captions the held-out images with the checkpoint."""
+    eval_model_options: list[str] = field(default_factory=list)
+    """Its engine options, KEY=VALUE (as `capbench eval --model-opt`, e.g. gpu_memory_utilization=0.3)."""
     trl: dict[str, Any] = field(default_factory=dict)
     """Further GRPOConfig settings, passed as they are (e.g. use_vllm, vllm_mode, gradient_accumulation_steps)."""
 

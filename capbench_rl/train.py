@@ -121,8 +121,8 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Record the rollouts TRL scored for this step and the reward-side figures."""
-        if logs is None or "loss" not in logs:
-            return
+        if logs is None or "loss" not in logs or not state.is_world_process_zero:
+            return  # TRL gathers every process's rollouts into trainer._logs: the main process writes them
         # TRL keeps the latest generation batch in trainer._logs (what its completion table shows).
         batch = self.trainer._logs
         names = list(batch["rewards"])
@@ -134,10 +134,13 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
             for text, row, advantage in zip(texts, table, batch["advantages"], strict=True)
         )  # fmt: skip
         seconds = logs.get("step_time")
-        phases = self.timer.take(seconds)
-        self.steps.append_rows(
-            [{"step": state.global_step, "step_seconds": seconds, "phases": phases, **self._delta()}]
-        )
+        row = {"step": state.global_step, "step_seconds": seconds, "phases": self.timer.take(seconds)}
+        row["caption_words"] = _mean_std([float(len(t.split())) for t in texts])
+        row.update(self._delta())
+        for index, name in enumerate(names):  # each reward's mean and std over the gathered rollouts
+            values = [r[index] for r in table if r[index] is not None]
+            row["rewards"].setdefault(name, {}).update(_mean_std(values))
+        self.steps.append_rows([row])
 
     def _delta(self) -> dict[str, Any]:
         """Reward figures since the last step, from the rewards' counters."""
@@ -157,6 +160,14 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
         judge = {k: v - self.judge_seen.get(k, 0) for k, v in usage.items()}
         self.judge_seen = usage
         return {"rewards": figures, "judge": judge}
+
+
+def _mean_std(values: list[float]) -> dict[str, float | None]:
+    """Mean and (population) standard deviation, None for no values."""
+    if not values:
+        return {"mean": None, "std": None}
+    mean = sum(values) / len(values)
+    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
 
 
 def _none(value: float) -> float | None:

@@ -52,7 +52,7 @@ def test_list_json():
     assert (mini["name"], mini["samples"], mini["questions"]) == ("mini", 18, 252)
     assert mini["domains"] == ["natural", "science", "document"]
     assert set(mini["example_captions"]) == {"detailed", "short", "planted_errors"}
-    assert [m["name"] for m in info["metrics"]] == ["captionqa", "dcscore", "balcap", "arena"]
+    assert [m["name"] for m in info["metrics"]] == ["captionqa", "dcscore", "balcap", "caprl", "arena"]
     caparena = next(b for b in info["benchmarks"] if b["name"] == "caparena")
     assert "--data-file" in caparena["needs"]
     assert all(m["higher_is_better"] for m in info["metrics"])

@@ -66,6 +66,11 @@ def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_sha
         judge = steps[step - 1]["judge"]
         assert judge["calls"] > 0 and judge["cache_hits"] > 0  # precision's calls answer recall from the cache
         assert figures["balcap_linguistic"]["masked_share"] == 1.0 and figures["balcap_linguistic"]["rollouts"] == 3
+        caprl = [r["rewards"]["caprl_qa_utility"] for r in batch]
+        assert figures["caprl_qa_utility"]["mean"] == pytest.approx(sum(caprl) / 3)
+        assert steps[step - 1]["caption_words"]["mean"] == pytest.approx(
+            sum(len(r["completion"].split()) for r in batch) / 3
+        )
         # CapRL's utility scored every rollout (4 draws each: a multiple of 1/4)
         assert all(r["rewards"]["caprl_qa_utility"] in (0.0, 0.25, 0.5, 0.75, 1.0) for r in batch)
         # where the step's time went: measured phases that add up to the step
@@ -123,7 +128,8 @@ def test_the_checkpoint_evaluation_command_carries_the_recipes_protocol(tmp_path
     from capbench_rl.evaluate import eval_command
 
     recipe = load_recipe("toy-cpu", ["model=m", f"output_dir={tmp_path}", "judge_options=[n_ctx=2048]",
-                                     "eval_split=natural", "eval_metrics=[caprl, balcap]"])  # fmt: skip
+                                     "eval_split=natural", "eval_metrics=[caprl, balcap]",
+                                     "eval_model_options=[max_pixels=65536]"])  # fmt: skip
     command = eval_command(recipe, tmp_path / "checkpoint-7", "checkpoint-7")
     value = {flag: command[command.index(flag) + 1] for flag in command if flag.startswith("--")}
     assert command[1:4] == ["-m", "capbench", "eval"]
@@ -131,6 +137,7 @@ def test_the_checkpoint_evaluation_command_carries_the_recipes_protocol(tmp_path
     assert value["--metrics"] == "caprl,balcap" and value["--caprl-samples"] == "4"
     assert value["--answer-mode"] == "loglik" and value["--caption-max-tokens"] == "8"
     assert value["--judge-opt"] == "n_ctx=2048" and value["--split"] == "natural" and value["--limit"] == "1"
+    assert value["--model-opt"] == "max_pixels=65536"
     assert {"--regenerate", "--overwrite", "--json"} <= set(command)
     assert value["--results-dir"] == str(tmp_path / "eval")
 

@@ -16,12 +16,6 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "CaptionQAConfig",
         "multiple-choice questions answered from the caption alone (CaptionQA)",
     ),
-    "caprl": (
-        "capbench.metrics.caprl",
-        "CapRL",
-        "CapRLConfig",
-        "CapRL QA utility: share of N drawn questions a text LLM answers right from the caption",
-    ),
     "dcscore": (
         "capbench.metrics.dcscore",
         "DCScore",
@@ -33,6 +27,12 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "BalCap",
         "FactConfig",
         "BalCapRL rewards: pointable precision, reference recall, linguistic quality; b-CapScore",
+    ),
+    "caprl": (
+        "capbench.metrics.caprl",
+        "CapRL",
+        "CapRLConfig",
+        "CapRL QA utility: share of N drawn questions a text LLM answers right from the caption",
     ),
     "arena": (
         "capbench.metrics.arena",
