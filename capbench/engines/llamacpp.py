@@ -18,8 +18,10 @@ same caption, different questions) reuse the whole blocks they share, and nothin
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -56,6 +58,12 @@ def resolve_model(model: str) -> Path:
 @lru_cache(maxsize=8)
 def _file_digest(path: str, size: int, mtime: float) -> str:
     return sha256_file(path)
+
+
+def _close_at_exit(ref: weakref.ref[Any]) -> None:
+    llm = ref()
+    if llm is not None:
+        llm.close()
 
 
 class LlamaCppEngine:
@@ -109,6 +117,9 @@ class LlamaCppEngine:
             stop_token_ids=[llm.token_eos()],
         )
         self._llm = llm
+        # Close it before the interpreter tears modules down: llama.cpp's own __del__ at that point
+        # calls into freed bindings and prints a TypeError. A weak reference keeps it collectable.
+        atexit.register(_close_at_exit, weakref.ref(llm))
 
     def fingerprint(self) -> dict[str, Any]:
         """Backend, model file and hash, llama.cpp version, context size."""
