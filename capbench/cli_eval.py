@@ -150,6 +150,8 @@ def build_metrics(opts: Mapping[str, Any], judge_spec: str) -> tuple[list[Metric
     }
     prompt_dir = str(opts["prompt_dir"]) if opts.get("prompt_dir") else None
     names = [m.strip() for m in opts["metrics"].split(",") if m.strip()]
+    if not names:
+        raise ConfigError(f"--metrics {opts['metrics']!r} names no metric; choose from: {', '.join(METRICS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"a metric is named twice in --metrics {opts['metrics']!r}")
     metrics = []

@@ -167,7 +167,7 @@ class Evaluator:
         """
         samples = select_samples(self.benchmark, captions, limit)
         run = RunDir(self.results_dir, self.benchmark.name, captions.name)
-        manifest = run.read_manifest()
+        manifest = self._previous_manifest(run, overwrite)
         configs = {m.name: run_config(self.benchmark.name, m, self.judges) for m in self.metrics}
         done = {
             m.name: self._check(run, m, configs[m.name], manifest, samples, captions, overwrite) for m in self.metrics
@@ -207,6 +207,19 @@ class Evaluator:
             run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status))
         resumed = {name: len(scores) for name, scores in done.items()}
         return RunResult(captions.name, run.path, summaries, len(samples), stats, unscored, resumed)
+
+    def _previous_manifest(self, run: RunDir, overwrite: bool) -> dict[str, Any]:
+        """Return the folder's manifest; refuse one of another benchmark unless ``overwrite`` discards it."""
+        manifest = run.read_manifest(broken_ok=overwrite)
+        other = manifest.get("benchmark", self.benchmark.name)
+        if other == self.benchmark.name:
+            return manifest
+        if overwrite:
+            return {}
+        raise InputError(
+            f"{run.path}: holds results of benchmark {other!r}, not {self.benchmark.name!r}; "
+            "choose another --results-dir, move the folder away, or rerun with --overwrite"
+        )
 
     def _check(
         self,

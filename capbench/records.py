@@ -208,8 +208,8 @@ def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> 
     captions (CaptionQA's format); a JSON list of ``{"id", "caption"}`` objects.
 
     Raises:
-        InputError: unreadable file, bad record, duplicate id, or empty caption; the message
-            names the file, the line or id, and the fix.
+        InputError: unreadable file, bad record, duplicate id or key, or an empty caption or one
+            holding a NUL or an unpaired surrogate; the message names the file, the line or id, and the fix.
     """
     path = Path(path)
     if not path.exists():
@@ -227,6 +227,7 @@ def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> 
             )
         if not text.strip():
             empty.append(sample_id)
+        _check_text(path, f"{location}: caption of id {sample_id!r}", text)
         captions[sample_id] = text
         where[sample_id] = location
     if empty:
@@ -237,6 +238,19 @@ def read_caption_file(path: str | os.PathLike[str], name: str | None = None) -> 
     if not captions:
         raise InputError(f"{path}: no captions found; expected JSONL {{'id', 'caption'}} lines or a JSON mapping")
     return CaptionSet(name=name or path.stem, captions=captions, source=str(path))
+
+
+def _check_text(path: Path, what: str, text: str) -> None:
+    """Refuse text that engines would silently cut (a NUL) or cannot encode (an unpaired surrogate)."""
+    if "\x00" in text:
+        raise InputError(f"{path}: {what} holds a NUL character (\\u0000); remove it from the caption")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{path}: {what} holds an unpaired surrogate ({text[exc.start]!r}), which is not text; "
+            "write the caption as UTF-8 or escape the whole surrogate pair"
+        ) from None
 
 
 def _caption_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
@@ -271,7 +285,9 @@ def _whole_json(path: Path) -> Any:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKeyError as exc:
+        raise InputError(f"{path}: key {exc.key!r} appears twice in one object; keep one caption per id") from None
     except json.JSONDecodeError as exc:
         first = text.lstrip().split("\n", 1)[0]
         try:
@@ -279,6 +295,24 @@ def _whole_json(path: Path) -> Any:
         except json.JSONDecodeError:
             raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix the file") from None
         return None
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (``json`` would silently keep the last value)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key that appears twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
 
 
 _ID_KEYS = ("id", "image_id", "image_path", "image_name")

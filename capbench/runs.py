@@ -146,14 +146,25 @@ class RunDir:
         """Return the score log of ``metric``."""
         return ScoreLog(self.path / f"{safe_name(metric)}.jsonl")
 
-    def read_manifest(self) -> dict[str, Any]:
-        """Return the manifest, or {} if the run is new."""
+    def read_manifest(self, broken_ok: bool = False) -> dict[str, Any]:
+        """Return the manifest, or {} if the run is new (or, with ``broken_ok``, if it is unreadable).
+
+        Raises:
+            InputError: the manifest is not a JSON object (unless ``broken_ok``).
+        """
         if not self.manifest_path.exists():
             return {}
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{self.manifest_path}: unreadable manifest ({exc}); rerun with --overwrite") from None
+            problem = f"unreadable manifest ({exc})"
+        else:
+            if isinstance(manifest, dict):
+                return manifest
+            problem = f"not a capbench manifest (a JSON {type(manifest).__name__}, not an object)"
+        if broken_ok:
+            return {}
+        raise InputError(f"{self.manifest_path}: {problem}; rerun with --overwrite")
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         """Replace the manifest atomically."""

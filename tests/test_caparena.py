@@ -49,10 +49,12 @@ def test_loader_reads_the_official_format(tmp_path: Path):
 
 
 def test_loader_finds_images(tmp_path: Path):
+    from PIL import Image
+
     images = tmp_path / "images"
     images.mkdir()
-    for name in _entries(2):
-        (images / name).write_bytes(b"\xff\xd8 jpeg bytes " + name.encode())
+    for index, name in enumerate(_entries(2)):
+        Image.new("RGB", (8, 8), (index * 100, 0, 0)).save(images / name)
     bench = load_benchmark("caparena", with_images=True, images_dir=images, data_file=_write(tmp_path, _entries(2)))
     assert all(s.image is not None and len(s.image.sha256) == 64 for s in bench.samples)
     (images / "test_00001.jpg").unlink()

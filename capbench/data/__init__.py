@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from capbench.errors import ConfigError, InputError
-from capbench.records import Sample
+from capbench.hashing import sha256_bytes
+from capbench.records import ImageRef, Sample
 
 #: Benchmark name -> (module with a ``load(with_images, **options)`` function, description).
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -65,3 +67,33 @@ def load_benchmark(name: str, with_images: bool = False, **options: object) -> B
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise ConfigError(f"benchmark {name!r} takes no {flags}")
     return module.load(with_images=with_images, **given)
+
+
+def image_ref(path: Path, fix: str) -> ImageRef:
+    """Return a reference to the image at ``path``, refusing one that no judge could read.
+
+    Raises:
+        InputError: the image is missing, empty, not an image, truncated or too large; the
+            message names the file and ends with ``fix``.
+    """
+    from capbench.engines.images import image_problem
+
+    if not path.is_file():
+        raise InputError(f"{path}: image missing; {fix}")
+    data = path.read_bytes()
+    problem = image_problem(data)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}; {fix}")
+    return ImageRef(str(path), sha256_bytes(data))
+
+
+def images_folder(images_dir: str | os.PathLike[str]) -> Path:
+    """Return ``images_dir`` as a path, checking that it is a folder.
+
+    Raises:
+        InputError: ``images_dir`` does not exist or is not a folder.
+    """
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        raise InputError(f"--images-dir {folder}: no such folder; pass the folder that holds the benchmark's images")
+    return folder

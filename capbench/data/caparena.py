@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from capbench.data import Benchmark
+from capbench.data import Benchmark, image_ref, images_folder
 from capbench.errors import ConfigError, InputError
-from capbench.hashing import sha256_file
-from capbench.records import ImageRef, Sample, read_json_file
+from capbench.records import Sample, read_json_file
 
 NAME = "caparena"
 DESCRIPTION = "CapArena-Auto: 600 DOCCI images judged pairwise against fixed baselines (needs --data-file)"
@@ -38,10 +37,8 @@ def load(
         raise ConfigError("a vision judge needs CapArena-Auto's images: pass --images-dir")
     path = Path(data_file)
     entries = _read(path)
-    samples = [
-        _sample(path, name, entry, Path(images_dir) if with_images and images_dir is not None else None)
-        for name, entry in entries.items()
-    ]
+    folder = images_folder(images_dir) if with_images and images_dir is not None else None
+    samples = [_sample(path, name, entry, folder) for name, entry in entries.items()]
     return Benchmark(NAME, tuple(samples), DESCRIPTION)
 
 
@@ -63,10 +60,7 @@ def _sample(path: Path, name: str, entry: Any, images: Path | None) -> Sample:
         raise InputError(f"{where}: ref_model {baseline!r} must name one of its captions ({sorted(captions)})")
     image = None
     if images is not None:
-        file = images / name
-        if not file.is_file():
-            raise InputError(f"{file}: image missing; --images-dir must hold CapArena-Auto's images, named as its keys")
-        image = ImageRef(str(file), sha256_file(str(file)))
+        image = image_ref(images / name, "--images-dir must hold CapArena-Auto's images, named as its keys")
     others = {k: v for k, v in captions.items() if k not in (HUMAN, baseline)}
     return Sample(
         id=name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,27 @@ def load_rgb(path: str | Path) -> Any:
 
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def image_problem(data: bytes) -> str | None:
+    """Say why ``data`` cannot serve as an image (empty, not an image, truncated, too large), or None if it can.
+
+    Reads the header and, for PNG, checks every chunk (no decoding): cheap enough to run on a
+    whole benchmark before any judge sees an image. Without Pillow only the header is checked.
+    """
+    if not data:
+        return "empty file (0 bytes)"
+    if not image_type(data)[0].startswith("image/"):
+        return "not an image (no PNG, JPEG, GIF, BMP, TIFF or WebP header)"
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Image.DecompressionBombError as exc:
+        return f"too large to decode safely ({exc})"
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError) for broken files
+        return f"unreadable or truncated image ({type(exc).__name__}: {exc})"
+    return None

@@ -2,9 +2,10 @@
 
 Requests go to ``POST {base_url}/chat/completions`` over ``httpx``, spread over one or more base
 URLs that serve the same model, each with its own concurrency limit. Transient failures (429,
-5xx, timeouts, lost connections) are retried with capped exponential backoff and full jitter,
-honouring ``Retry-After``; any other 4xx fails the request at once. A request that still fails
-becomes a response with ``error`` set: nothing is raised for one bad request.
+5xx, timeouts, lost connections, a 200 whose body is not a JSON object) are retried with capped
+exponential backoff and full jitter, honouring ``Retry-After``; any other 4xx fails the request
+at once. A request that still fails becomes a response with ``error`` set: nothing is raised
+for one bad request.
 
 Servers differ in what they accept, and the engine copes with what the common ones do:
 
@@ -355,9 +356,13 @@ class OpenAIEngine:
                 else:
                     if reply.status_code == 200:
                         try:
-                            return reply.json()
+                            data = reply.json()
                         except ValueError:
-                            failure = _Failure(f"reply from {url} is not JSON", retryable=True)
+                            data = None
+                        if isinstance(data, dict):
+                            return data
+                        # A garbled body (cut short, empty, or a proxy's null or list) is as transient as a 5xx.
+                        failure = _Failure(f"reply from {url} is not a JSON object", retryable=True)
                     else:
                         failure = _http_failure(reply, url, "response_format" in body)
             if not failure.retryable:

@@ -55,6 +55,8 @@ def parse_engine(spec: str, options: Sequence[str] = (), base_url: str | None = 
         backend, model, merged = _read_yaml(Path(spec))
     else:
         backend, sep, model = spec.partition(":")
+        if not sep and spec.endswith((".yaml", ".yml")):
+            raise ConfigError(f"{spec}: engine spec file not found; check the path")
         if not sep or not model:
             raise ConfigError(f"engine spec {spec!r} is not ENGINE:MODEL (e.g. llamacpp:smollm2) or a .yaml file")
         merged = {}

@@ -12,10 +12,9 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from capbench.data import Benchmark
+from capbench.data import Benchmark, image_ref, images_folder
 from capbench.errors import ConfigError, InputError
-from capbench.hashing import sha256_file
-from capbench.records import ImageRef, Sample, read_jsonl
+from capbench.records import Sample, read_jsonl
 
 NAME = "decapbench"
 DESCRIPTION = "DeCapBench: 400 IIW images, human reference captions and 21,215 reference facts (DCScore)"
@@ -37,6 +36,7 @@ def load(
         raise ConfigError(
             "DeCapBench's images are not bundled: pass --images-dir with DOCCI's AAR images (aar_test_*.jpg)"
         )
+    folder = images_folder(images_dir) if with_images and images_dir is not None else None
     samples = []
     for number, obj in read_jsonl(path):
         try:
@@ -45,15 +45,9 @@ def load(
             raise InputError(f"{path}:{number}: lacks {exc.args[0]!r}; is this DeCapBench's reference file?") from None
         if not isinstance(facts, list) or not all(isinstance(f, str) for f in facts):
             raise InputError(f"{path}:{number}: 'oracle_facts' must be a list of strings")
-        image = _image(Path(images_dir), name) if with_images and images_dir is not None else None
+        fix = "--images-dir must hold DOCCI's AAR images, named as in DeCapBench"
+        image = image_ref(folder / name, fix) if folder is not None else None
         samples.append(
             Sample(id=name, image=image, reference_caption=caption, reference_facts=tuple(facts), domain="iiw")
         )
     return Benchmark(NAME, tuple(samples), DESCRIPTION)
-
-
-def _image(folder: Path, name: str) -> ImageRef:
-    path = folder / name
-    if not path.is_file():
-        raise InputError(f"{path}: image missing; --images-dir must hold DOCCI's AAR images named as in DeCapBench")
-    return ImageRef(str(path), sha256_file(str(path)))
