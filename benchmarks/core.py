@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _report import save
 
@@ -59,6 +60,20 @@ def eval_run(env: dict[str, str], results: Path, extra: list[str]) -> dict[str, 
     }
 
 
+def table(report: dict[str, Any]) -> list[str]:
+    """The Markdown rows of a core report: start-up times, then the first, cached and resumed runs."""
+    rows = [
+        "| figure | value |",
+        "|---|---|",
+        *(f"| `capbench {k}` start-up | {v:.3f} s |" for k, v in report["startup_seconds"].items()),
+    ]
+    for key in ("first_run", "cached_rerun", "resumed_rerun"):
+        run = report[key]
+        rows.append(f"| {key.replace('_', ' ')} | {run['seconds']} s, {run['judge_calls']} judge calls, "
+                    f"{run['cache_hits']} cache hits |")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one image per caption set")
@@ -75,15 +90,7 @@ def main() -> None:
             "cached_rerun": eval_run(env, results, [*limit, "--overwrite"]),
             "resumed_rerun": eval_run(env, results, limit),
         }
-    rows = [
-        "| figure | value |",
-        "|---|---|",
-        *(f"| `capbench {k}` start-up | {v:.3f} s |" for k, v in report["startup_seconds"].items()),
-    ]
-    for key in ("first_run", "cached_rerun", "resumed_rerun"):
-        run = report[key]
-        rows.append(f"| {key.replace('_', ' ')} | {run['seconds']} s, {run['judge_calls']} judge calls, "
-                    f"{run['cache_hits']} cache hits |")  # fmt: skip
+    rows = table(report)
     text = f"# Core figures\n\nMachine: {report['machine']}. Scope: {report['scope']}.\n\n" + "\n".join(rows) + "\n"
     save("core", report, text)
 

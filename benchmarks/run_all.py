@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core import table as core_table
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -159,20 +161,8 @@ def _core() -> list[str]:
     if found is None:
         return []
     report, written = found
-    lines = [
-        f"## Start-up and cache (core.md, {written})",
-        "",
-        f"`capbench eval --example-captions` with the embedded judge; scope: {report['scope']}.",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        *(f"| `capbench {k}` start-up | {v:.3f} s |" for k, v in report["startup_seconds"].items()),
-    ]
-    for key in ("first_run", "cached_rerun", "resumed_rerun"):
-        run = report[key]
-        lines.append(f"| {key.replace('_', ' ')} | {run['seconds']} s, {run['judge_calls']} judge calls, "
-                     f"{run['cache_hits']} cache hits |")  # fmt: skip
-    return [*lines, ""]
+    intro = f"`capbench eval --example-captions` with the embedded judge; scope: {report['scope']}."
+    return [f"## Start-up and cache (core.md, {written})", "", intro, "", *core_table(report), ""]
 
 
 def _leaderboard() -> list[str]:

@@ -76,13 +76,14 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, step: int) -> dict[str
     return entry
 
 
-def _callback_base() -> type:
+def callback_base() -> type:
+    """transformers' TrainerCallback, imported when a trainer is built (not when capbench-rl starts)."""
     from transformers import TrainerCallback
 
     return TrainerCallback
 
 
-class CheckpointEval(_callback_base()):  # type: ignore[misc]
+class CheckpointEval(callback_base()):  # type: ignore[misc]
     """Evaluate every checkpoint the trainer saves (on the main process only)."""
 
     def __init__(self, trainer: Any, recipe: Recipe) -> None:

@@ -121,8 +121,19 @@ class Recipe:
             raise ConfigError("num_generations must be >= 2: group normalisation needs a group")
         if self.caprl_samples < 1:
             raise ConfigError(f"caprl_samples must be >= 1, got {self.caprl_samples}")
-        if self.eval_benchmark is not None and not self.eval_metrics:
-            raise ConfigError("eval_metrics is empty: name at least one metric to evaluate checkpoints with")
+        if self.eval_benchmark is not None:
+            self._check_evaluation()
+
+    def _check_evaluation(self) -> None:
+        """Refuse an evaluation that could only fail at the first checkpoint, hours into training."""
+        from capbench.data import BENCHMARKS
+        from capbench.metrics import METRICS
+
+        if self.eval_benchmark not in BENCHMARKS:
+            raise ConfigError(f"eval_benchmark {self.eval_benchmark!r} is unknown; choose from {', '.join(BENCHMARKS)}")
+        unknown = [m for m in self.eval_metrics if m not in METRICS]
+        if unknown or not self.eval_metrics:
+            raise ConfigError(f"eval_metrics {unknown or '[]'}: choose from {', '.join(METRICS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the recipe as a JSON-ready dict (it is saved beside the run's outputs)."""

@@ -74,8 +74,8 @@ class PhaseTimer:
         with self.lock:
             taken = {phase: list(self.intervals.get(phase, [])) for phase in PHASES}
             self.intervals.clear()
-        if any(PHASES[phase] in self.missing for phase in PHASES):
-            return {"generation": None, "rewards": None, "rollout_other": None, "update": None, "reward_overlap": None}
+        if self.missing:
+            return dict.fromkeys(("generation", "rewards", "rollout_other", "update", "reward_overlap"))
         seconds = {phase: sum(end - start for start, end in spans) for phase, spans in taken.items()}
         update = None if step_seconds is None else max(0.0, step_seconds - seconds["rollout"])
         return {

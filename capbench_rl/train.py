@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from capbench.errors import ConfigError
 from capbench.runs import JsonlLog, atomic_write_text
 from capbench_rl import rewards as R
 from capbench_rl.data import dataset
-from capbench_rl.evaluate import CheckpointEval
+from capbench_rl.evaluate import CheckpointEval, callback_base
 from capbench_rl.recipe import Recipe
 from capbench_rl.timing import PhaseTimer
 
@@ -100,13 +101,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     return trainer.state.log_history[-1] if trainer.state.log_history else {}
 
 
-def _make_callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class RolloutLog(_make_callback_base()):  # type: ignore[misc]
+class RolloutLog(callback_base()):  # type: ignore[misc]
     """Write each step's rollouts and reward figures next to the checkpoints."""
 
     def __init__(self, trainer: Any, recipe: Recipe, timer: PhaseTimer) -> None:
@@ -163,11 +158,10 @@ class RolloutLog(_make_callback_base()):  # type: ignore[misc]
 
 
 def _mean_std(values: list[float]) -> dict[str, float | None]:
-    """Mean and (population) standard deviation, None for no values."""
+    """Mean and population standard deviation, None for no values."""
     if not values:
         return {"mean": None, "std": None}
-    mean = sum(values) / len(values)
-    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
 
 
 def _none(value: float) -> float | None:

@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import ScriptedEngine
 
 from capbench.data import load_benchmark
 from capbench.engines.cache import CachedEngine, ResponseCache
@@ -187,27 +188,13 @@ def test_a_judge_failure_is_none_and_counted_never_zero(scripted_cli_engine):
 # --- CapRL, CaptionQA and DCScore rewards: capbench eval's numbers, per rollout ---------------------
 
 
-class LengthParityJudge:
+class LengthParityJudge(ScriptedEngine):
     """``parity:any``: answers a letter chosen by the request's length, so different captions get different answers."""
 
-    backend = "parity"
-    accepts_images = False
     supports_loglik = False
 
     def __init__(self, model: str = "any") -> None:
-        self.model = model
-
-    def fingerprint(self) -> dict:
-        return {"backend": self.backend, "model": self.model}
-
-    def run(self, requests, on_result=None):
-        from capbench.engines.base import Response
-
-        out = [Response(texts=("ABC"[len(r.messages[-1].joined_text()) % 3],)) for r in requests]
-        for index, response in enumerate(out):
-            if on_result is not None:
-                on_result(index, response)
-        return out
+        super().__init__(lambda request: "ABC"[len(request.messages[-1].joined_text()) % 3], name=model)
 
 
 def _columns(samples):

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from capbench.engines.base import Response
 from capbench.errors import ConfigError
 from capbench.hashing import sha256_text
 from capbench.metrics.base import Judges, Unit, mean, require_judge
@@ -129,14 +130,12 @@ class CapRL:
         responses = iter(judge.run(requests))
         out = []
         for sample, caption, planned in zip(samples, captions, plans, strict=True):
-            records = [self._judgment(d, next(responses), self._baseline(responses)) for d in planned]
+            loglik = self.cfg.answer_mode == "loglik"  # each draw's request is followed by its no-caption twin
+            records = [self._judgment(d, next(responses), next(responses) if loglik else None) for d in planned]
             out.append(self._sample_score(sample, caption, records))
         return out
 
-    def _baseline(self, responses: Any) -> Any:
-        return next(responses) if self.cfg.answer_mode == "loglik" else None
-
-    def _judgment(self, draw: dict[str, Any], response: Any, baseline: Any) -> dict[str, Any]:
+    def _judgment(self, draw: dict[str, Any], response: Response, baseline: Response | None) -> dict[str, Any]:
         question: Question = draw["question"]
         order: list[int] = draw["order"]
         shown, read = read_answer(response, baseline, draw["options"])
