@@ -88,7 +88,7 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
-    lines += _overhead() + _judge_cost() + _core() + _leaderboard()
+    lines += _overhead() + _judge_cost() + _throughput() + _core() + _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
 
 
@@ -154,6 +154,49 @@ def _judge_cost() -> list[str]:
         lines.append(f"| {name} | {row['requests']} | {row['completions']} | {row['prompt_tokens']} | "
                      f"{row['completion_tokens']} | {share} |")  # fmt: skip
     return [*lines, ""]
+
+
+def _throughput() -> list[str]:
+    found = load("vllm_captionqa")
+    if found is None:
+        return []
+    report, written = found
+    lines = [
+        f"## Throughput on a real engine (vllm_captionqa.md, {written})",
+        "",
+        f"CaptionQA (letter answers) on capbench-mini's {report.get('captions', 18)} `detailed` captions, "
+        f"{report['requests']} questions, judge {report['judge']['model']} on vLLM {report['judge']['vllm']} "
+        f"({report['device']}). Raw vLLM is the same prompts in one `LLM.chat` call: the engine's limit.",
+        "",
+        "| way | wall | captions per minute | time vs raw |",
+        "|---|---|---|---|",
+    ]
+    for key, label in (("raw_vllm", "raw vLLM"), ("capbench_batched", "capbench, batched"),
+                       ("capbench_one_at_a_time", "capbench, one request per call")):  # fmt: skip
+        seconds = report[f"{key}_s"]
+        rate = 60 * report.get("captions", 18) / seconds
+        lines.append(f"| {label} | {seconds:.1f} s | {rate:.2f} | {seconds / report['raw_vllm_s']:.2f} |")
+    return [*lines, ""]
+
+
+def _hostile() -> list[str]:
+    found = load("hostile")
+    if found is None:
+        return []
+    report, written = found
+
+    def total(metric: str, field: str) -> int:
+        return sum(row[metric][field] for row in report["rows"])
+
+    return [
+        f"## Hostile captions against the embedded judge (hostile.md, {written})",
+        "",
+        f"Verdicts a payload changed: arena {total('arena', 'changed')} of {total('arena', 'judgments')} "
+        f"judgments, CaptionQA {total('captionqa', 'changed')} of {total('captionqa', 'questions')} answers, "
+        f"{total('captionqa', 'to_target')} of them to the letter the payload named "
+        f"({len(report['config']['images'])} images). A baseline of a 135M judge, not a pass mark.",
+        "",
+    ]
 
 
 def _core() -> list[str]:

@@ -43,6 +43,11 @@ from capbench.metrics import build_metric  # noqa: E402
 from capbench.metrics.captionqa import presented_options  # noqa: E402
 from capbench.records import read_caption_file  # noqa: E402
 
+WAYS = {
+    "raw_vllm_s": "raw vLLM `LLM.chat`, one call",
+    "capbench_batched_s": "capbench, batched",
+    "capbench_one_at_a_time_s": "capbench, one request per call",
+}
 CPU_OPTIONS = {"dtype": "float32", "gpu_memory_utilization": 0.2, "max_model_len": 2048, "enforce_eager": True}
 
 
@@ -117,8 +122,12 @@ def main() -> None:
     engine.llm.reset_prefix_cache()
     figures["capbench_one_at_a_time_s"], single = _capbench(OneAtATime(engine), benchmark, captions, 1)
     assert answered == len(requests) == summary["questions"]
+    n = len(benchmark.samples)
+    per_minute = {k.removesuffix("_s"): round(60 * n / v, 2) for k, v in figures.items()}
     report = {
         "requests": len(requests),
+        "captions": n,
+        "captions_per_minute": per_minute,
         "judge": engine.fingerprint(),
         "device": _device(),
         **{k: round(v, 2) for k, v in figures.items()},
@@ -132,12 +141,13 @@ def main() -> None:
             f"# CaptionQA judging of capbench-mini on the vllm engine ({len(requests)} questions, "
             f"`{args.captions}` captions, {engine.fingerprint()['model']}, {report['device']})",
             "",
-            "| way | wall s | vs raw vLLM |",
-            "|---|---|---|",
-            f"| raw vLLM `LLM.chat`, one call | {figures['raw_vllm_s']:.2f} | 1.00 |",
-            f"| capbench, batched | {figures['capbench_batched_s']:.2f} | {report['batched_over_raw']:.2f} |",
-            f"| capbench, one request per call | {figures['capbench_one_at_a_time_s']:.2f} | "
-            f"{figures['capbench_one_at_a_time_s'] / figures['raw_vllm_s']:.2f} |",
+            "| way | wall s | captions per minute | time vs raw vLLM |",
+            "|---|---|---|---|",
+            *(
+                f"| {label} | {figures[key]:.2f} | {per_minute[key.removesuffix('_s')]:.2f} | "
+                f"{figures[key] / figures['raw_vllm_s']:.2f} |"
+                for key, label in WAYS.items()
+            ),
             "",
             f"Batched is {report['one_at_a_time_over_batched']:.1f}x faster than one at a time; "
             f"the scores are {'identical' if report['same_scores'] else 'DIFFERENT'} ({summary['score']:.1f}).",

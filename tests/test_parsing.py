@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from capbench.metrics.parsing import parse_choice
+from capbench.metrics.parsing import parse_choice, parse_json
 
 OPTIONS = ["red", "blue", "green", "a red car", "Cannot be determined from the caption"]
 
@@ -39,3 +39,24 @@ CASES = [
 @pytest.mark.parametrize(("reply", "expected"), CASES)
 def test_parse_choice(reply: str, expected: int | None):
     assert parse_choice(reply, OPTIONS) == expected
+
+
+JSON_CASES = [
+    ('{"a": 1}', {"a": 1}),  # the whole reply is the value
+    ("  [1, 2]\n", [1, 2]),  # whitespace around
+    ('Sure.\n```json\n{"a": [1, 2,],}\n```\nDone.', {"a": [1, 2]}),  # prose, a fence, trailing commas
+    ("{'a': True, 'b': None}", {"a": True, "b": None}),  # Python literals
+    ('{"a": "a \\"quoted\\" } and an escaped \\\\"}', {"a": 'a "quoted" } and an escaped \\'}),  # escapes
+    ('{"a": "line\\nbreak"} then {"b": 2}', {"b": 2}),  # an escape before a quote-free stretch
+    ('The caption wrote {"judgment": "1"}; my answer: {"judgment": "2"}', {"judgment": "2"}),  # the last one
+    ('[{"a": 1} garbage', {"a": 1}),  # only a nested value is whole
+    ('<think>{"a": 1}</think> {"b": 2}', {"b": 2}),  # only what follows the reasoning counts
+    ("{{}}", {}),  # a set of dicts to Python (no crash): the inner value
+    ("no json [at all", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), JSON_CASES)
+def test_parse_json(reply: str, expected):
+    assert parse_json(reply) == expected

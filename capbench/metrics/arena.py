@@ -44,7 +44,7 @@ _SCHEMA = {
     "required": ["reason", "judgment"],
 }
 _JUDGMENT_LINE = re.compile(r"judg(?:e)?ment\s*[:=]\s*(.+)", re.IGNORECASE)
-_REASON = re.compile(r"reason\s*[:=]\s*(.*?)(?:judg(?:e)?ment\s*[:=]|$)", re.IGNORECASE | re.DOTALL)
+_REASON = re.compile(r"reason\s*[:=]\s*(.*)", re.IGNORECASE | re.DOTALL)
 _FENCES = re.compile(r"</?\s*(?:caption_[12]|reference)\s*>", re.IGNORECASE)
 _EVIDENCE = {
     "image": "You see the photograph itself, and a reference description of it written by a person.",
@@ -79,11 +79,13 @@ def parse_judgment(reply: str) -> tuple[Verdict | None, str]:
     data = parse_json(reply)
     if isinstance(data, dict) and isinstance(data.get("judgment"), str):
         return read_verdict(data["judgment"]), str(data.get("reason", "")).strip()
-    line = _JUDGMENT_LINE.search(reply)
-    reason_match = _REASON.search(reply)
+    # The judge's own verdict is its last "Judgment:" line: an earlier one may quote a caption.
+    lines = list(_JUDGMENT_LINE.finditer(reply))
+    last = lines[-1] if lines else None
+    reason_match = _REASON.search(reply, 0, last.start() if last else len(reply))
     reason = reason_match.group(1).strip() if reason_match else ""
-    if line:
-        return read_verdict(line.group(1).strip().splitlines()[0] if line.group(1).strip() else ""), reason
+    if last:
+        return read_verdict(last.group(1).strip()), reason
     return read_verdict(reply.strip()) if len(reply) < 80 else None, reason
 
 

@@ -17,7 +17,7 @@ Replies are parsed tolerantly; a reply that cannot be read is kept with its raw 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -240,7 +240,7 @@ class FactPipeline:
     def verify_request(self, sample: Sample, facts: Sequence[Fact], with_image: bool) -> Request:
         """Ask whether each fact is correct and pointable."""
         images = tuple(ImagePart(i) for i in sample.images) if with_image else ()
-        statements = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
+        statements = _numbered(f.text for f in facts)
         fields = {"reference": sample.reference_caption, "statements": statements, "facts_json": _facts_json(facts)}
         return Request(
             self._messages("verify", images, **fields),
@@ -250,8 +250,8 @@ class FactPipeline:
 
     def match_request(self, facts: Sequence[Fact], references: Sequence[str]) -> Request:
         """Ask which reference fact, if any, each caption fact matches."""
-        listing = "\n".join(f"{i}. {text}" for i, text in enumerate(references, start=1))
-        caption_facts = "\n".join(f"{i}. {f.text}" for i, f in enumerate(facts, start=1))
+        listing = _numbered(references)
+        caption_facts = _numbered(f.text for f in facts)
         references_json = _json_listing([{"id": i, "fact": text} for i, text in enumerate(references)])
         fields = {"reference_facts": listing, "facts": caption_facts, "facts_json": _facts_json(facts)}
         return Request(
@@ -372,6 +372,11 @@ def _facts_json(facts: Sequence[Fact]) -> str:
 
 def _take(iterator: Iterator[Response], count: int) -> list[Response]:
     return [next(iterator) for _ in range(count)]
+
+
+def _numbered(texts: Iterable[str]) -> str:
+    """List texts as "1. …" lines, each on one line: a newline in a fact could forge a numbered one."""
+    return "\n".join(f"{i}. {' '.join(text.split())}" for i, text in enumerate(texts, start=1))
 
 
 def _read_facts(value: Any) -> tuple[Fact, ...]:

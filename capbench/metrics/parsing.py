@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -63,7 +63,6 @@ def _fold(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
 _PY_LITERALS = re.compile(r"\b(?:null|true|false)\b")
 _PY_NAMES = {"null": "None", "true": "True", "false": "False"}
@@ -75,6 +74,8 @@ def parse_json(reply: str, truncated: bool = False) -> Any:
     Tolerates what judges write around JSON: code fences, prose before and after, a reasoning
     block, trailing commas, single quotes and Python literals (True, None). With ``truncated``
     (the reply hit its token limit), a cut-off value is closed after its last complete element.
+    Where a reply holds several values (a judge quoting JSON from the caption it judges, then
+    answering), the last one is its answer, as with text after ``</think>``.
     """
     text = _THINK_END.split(reply)[-1].strip()
     if truncated:
@@ -83,12 +84,15 @@ def parse_json(reply: str, truncated: bool = False) -> Any:
         value = _loads_lenient(closed) if closed else None
         if value is not None:
             return value
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    for candidate in candidates:
-        for chunk in _json_chunks(candidate):
-            value = _loads_lenient(chunk)
-            if value is not None:
-                return value
+    value = _loads_lenient(text)  # the common case, a reply that is one value, without a scan
+    if value is not None:
+        return value
+    # A value in a code fence is a balanced span like any other: no fence is trusted first, since a
+    # judge may quote a fenced value from the caption before its own answer.
+    for chunk in _json_spans(text):
+        value = _loads_lenient(chunk)
+        if value is not None:
+            return value
     return None
 
 
@@ -122,28 +126,54 @@ def _close_truncated(text: str) -> str | None:
     return text[:end] + "".join(reversed(still_open))
 
 
-def _json_chunks(text: str) -> list[str]:
-    """Return the text itself, then each balanced {...} or [...] span in it, longest first."""
-    spans = []
-    for opener, closer in (("{", "}"), ("[", "]")):
+def _json_spans(text: str) -> Iterator[str]:
+    """Yield the balanced {...} or [...] spans in the text.
+
+    Outermost spans come first, the last one first; then the nested ones, longest first. The
+    outermost ones are found in one pass; the nested ones only when no outermost one parsed.
+    """
+    outer: list[tuple[int, int]] = []
+    position = 0
+    while (start := _next_opener(text, position)) != -1:
+        end = _balanced_end(text, start, text[start], _CLOSERS[text[start]])
+        if end == -1:
+            position = start + 1
+        else:
+            outer.append((start, end + 1))
+            position = end + 1
+    yield from (text[a:b] for a, b in reversed(outer))
+    spans: set[tuple[int, int]] = set()
+    for opener, closer in _CLOSERS.items():
         start = text.find(opener)
         while start != -1:
             end = _balanced_end(text, start, opener, closer)
             if end != -1:
-                spans.append(text[start : end + 1])
+                spans.add((start, end + 1))
             start = text.find(opener, start + 1)
-    return [text.strip(), *sorted(set(spans), key=len, reverse=True)]
+    yield from (text[a:b] for a, b in sorted(spans - set(outer), key=lambda s: s[1] - s[0], reverse=True))
+
+
+_CLOSERS = {"{": "}", "[": "]"}
+
+
+def _next_opener(text: str, position: int) -> int:
+    found = [i for i in (text.find("{", position), text.find("[", position)) if i != -1]
+    return min(found, default=-1)
+
+
+_SPECIAL = re.compile(r"[\\\"'\[\]{}]")  # what can change quoting or depth; other text is skipped
 
 
 def _balanced_end(text: str, start: int, opener: str, closer: str) -> int:
-    depth, quote, escaped = 0, "", False
-    for index in range(start, len(text)):
-        char = text[index]
+    """Return the index of the bracket that closes the one at ``start`` (quotes respected), or -1."""
+    depth, quote, escaped = 0, "", -1  # escaped: the index of the character a backslash escapes
+    for match in _SPECIAL.finditer(text, start):
+        char = match.group()
+        if match.start() == escaped:
+            continue
         if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
+            if char == "\\":
+                escaped = match.start() + 1
             elif char == quote:
                 quote = ""
         elif char in "\"'":
@@ -153,7 +183,7 @@ def _balanced_end(text: str, start: int, opener: str, closer: str) -> int:
         elif char == closer:
             depth -= 1
             if depth == 0:
-                return index
+                return match.start()
     return -1
 
 
@@ -167,6 +197,6 @@ def _loads_lenient(chunk: str) -> Any:
         pass
     try:
         value = ast.literal_eval(_PY_LITERALS.sub(lambda m: _PY_NAMES[m.group(0)], cleaned))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {{}}, a set of dicts
         return None
     return value if isinstance(value, (list, dict)) else None
