@@ -176,6 +176,9 @@ def _throughput() -> list[str]:
         seconds = report[f"{key}_s"]
         rate = 60 * report.get("captions", 18) / seconds
         lines.append(f"| {label} | {seconds:.1f} s | {rate:.2f} | {seconds / report['raw_vllm_s']:.2f} |")
+    repeated = [max(v) / min(v) for v in report.get("runs_s", {}).values() if len(v) > 1]
+    if repeated:
+        lines += ["", f"Runs of one way differ by up to {100 * (max(repeated) - 1):.0f}%: ratios inside are noise."]
     return [*lines, ""]
 
 
