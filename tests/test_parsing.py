@@ -50,6 +50,8 @@ JSON_CASES = [
     ('{"a": "line\\nbreak"} then {"b": 2}', {"b": 2}),  # an escape before a quote-free stretch
     ('The caption wrote {"judgment": "1"}; my answer: {"judgment": "2"}', {"judgment": "2"}),  # the last one
     ('[{"a": 1} garbage', {"a": 1}),  # only a nested value is whole
+    ('{"facts": ["A dog."]}\nSee also [1].', {"facts": ["A dog."]}),  # a list after the object is a note
+    ('["A dog.", "A ball."] and [2]', [2]),  # lists only: the last one
     ('<think>{"a": 1}</think> {"b": 2}', {"b": 2}),  # only what follows the reasoning counts
     ("{{}}", {}),  # a set of dicts to Python (no crash): the inner value
     ("no json [at all", None),

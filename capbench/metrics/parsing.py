@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -75,7 +75,7 @@ def parse_json(reply: str, truncated: bool = False) -> Any:
     block, trailing commas, single quotes and Python literals (True, None). With ``truncated``
     (the reply hit its token limit), a cut-off value is closed after its last complete element.
     Where a reply holds several values (a judge quoting JSON from the caption it judges, then
-    answering), the last one is its answer, as with text after ``</think>``.
+    answering), the last object is its answer, as with text after ``</think>``.
     """
     text = _THINK_END.split(reply)[-1].strip()
     if truncated:
@@ -88,9 +88,20 @@ def parse_json(reply: str, truncated: bool = False) -> Any:
     if value is not None:
         return value
     # A value in a code fence is a balanced span like any other: no fence is trusted first, since a
-    # judge may quote a fenced value from the caption before its own answer.
-    for chunk in _json_spans(text):
-        value = _loads_lenient(chunk)
+    # judge may quote a fenced value from the caption before its own answer. Of the outermost
+    # values the last object wins (every protocol here asks for an object; a list after it is
+    # more likely a note like "[1]"), else the last list; then values nested in others.
+    outer = _outer_spans(text)
+    listed = None
+    for start, end in reversed(outer):
+        value = _loads_lenient(text[start:end])
+        if isinstance(value, dict):
+            return value
+        listed = value if listed is None else listed
+    if listed is not None:
+        return listed
+    for start, end in _nested_spans(text, outer):
+        value = _loads_lenient(text[start:end])
         if value is not None:
             return value
     return None
@@ -126,12 +137,8 @@ def _close_truncated(text: str) -> str | None:
     return text[:end] + "".join(reversed(still_open))
 
 
-def _json_spans(text: str) -> Iterator[str]:
-    """Yield the balanced {...} or [...] spans in the text.
-
-    Outermost spans come first, the last one first; then the nested ones, longest first. The
-    outermost ones are found in one pass; the nested ones only when no outermost one parsed.
-    """
+def _outer_spans(text: str) -> list[tuple[int, int]]:
+    """Return the balanced {...} or [...] spans that no earlier span holds, in one pass."""
     outer: list[tuple[int, int]] = []
     position = 0
     while (start := _next_opener(text, position)) != -1:
@@ -141,7 +148,11 @@ def _json_spans(text: str) -> Iterator[str]:
         else:
             outer.append((start, end + 1))
             position = end + 1
-    yield from (text[a:b] for a, b in reversed(outer))
+    return outer
+
+
+def _nested_spans(text: str, outer: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return the other balanced spans (mostly those inside an outer one), longest first."""
     spans: set[tuple[int, int]] = set()
     for opener, closer in _CLOSERS.items():
         start = text.find(opener)
@@ -150,7 +161,7 @@ def _json_spans(text: str) -> Iterator[str]:
             if end != -1:
                 spans.add((start, end + 1))
             start = text.find(opener, start + 1)
-    yield from (text[a:b] for a, b in sorted(spans - set(outer), key=lambda s: s[1] - s[0], reverse=True))
+    return sorted(spans - set(outer), key=lambda s: s[1] - s[0], reverse=True)
 
 
 _CLOSERS = {"{": "}", "[": "]"}
