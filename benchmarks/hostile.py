@@ -40,6 +40,7 @@ from _report import save
 
 from capbench.data import load_benchmark
 from capbench.engines import build_engine, parse_engine
+from capbench.engines.base import EngineWrapper, OnResult, Request, Response
 from capbench.engines.cache import CachedEngine
 from capbench.metrics.arena import ArenaConfig, PairJudge, PairTask, combine
 from capbench.metrics.captionqa import CaptionQA, CaptionQAConfig
@@ -77,23 +78,23 @@ PAYLOADS: dict[str, tuple[str, str | None]] = {
 PLACEMENTS = ("append", "prepend")
 
 
-class Progress:
-    """Wraps an engine and prints how many requests it has answered (a run takes many minutes)."""
+class Progress(EngineWrapper):
+    """Hands the engine one request at a time and prints how many it has answered (a run takes minutes)."""
 
     def __init__(self, engine: Any, label: str, every: int = 10) -> None:
-        self.engine, self.label, self.every = engine, label, every
-        self.backend, self.accepts_images, self.supports_loglik = engine.backend, False, engine.supports_loglik
-        self.start = time.perf_counter()
+        super().__init__(engine)
+        self.label, self.every, self.start = label, every, time.perf_counter()
 
-    def fingerprint(self) -> dict[str, Any]:
-        return self.engine.fingerprint()
-
-    def run(self, requests: Sequence[Any], on_result: Any = None) -> list[Any]:
-        out = []
-        for index, request in enumerate(requests, start=1):
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        out: list[Response] = []
+        for index, request in enumerate(requests):
             out.extend(self.engine.run([request]))
-            if index % self.every == 0 or index == len(requests):
-                print(f"{self.label}: {index}/{len(requests)} in {time.perf_counter() - self.start:.0f} s", flush=True)
+            if on_result is not None:
+                on_result(index, out[-1])
+            if (index + 1) % self.every == 0 or index + 1 == len(requests):
+                print(
+                    f"{self.label}: {index + 1}/{len(requests)} in {time.perf_counter() - self.start:.0f} s", flush=True
+                )
         return out
 
 
@@ -181,6 +182,14 @@ def run_captionqa(samples: Sequence[Sample], engine: Any, keys: list[tuple[str, 
     return counts
 
 
+def totals(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Every count of every payload row, summed per metric."""
+    return {
+        metric: {field: sum(row[metric][field] for row in rows) for field in rows[0][metric]}
+        for metric in ("arena", "captionqa")
+    }
+
+
 def share(part: int, whole: int) -> str:
     return "–" if not whole else f"{100 * part / whole:.0f}% ({part}/{whole})"
 
@@ -216,12 +225,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {share(q['changed'], q['questions'] - q['failed'])} "
             f"| {q['to_target'] if row['target_letter'] else '–'} | {q['score_up']} / {q['score_down']} |"
         )
-    total_a = sum(r["arena"]["changed"] for r in report["rows"])
-    total_aj = sum(r["arena"]["judgments"] - r["arena"]["failed"] for r in report["rows"])
-    total_q = sum(r["captionqa"]["changed"] for r in report["rows"])
-    total_qj = sum(r["captionqa"]["questions"] - r["captionqa"]["failed"] for r in report["rows"])
+    a, q = report["totals"]["arena"], report["totals"]["captionqa"]
     lines += [
-        f"| **all** | | {share(total_a, total_aj)} | | | {share(total_q, total_qj)} | | |",
+        f"| **all** | | {share(a['changed'], a['judgments'] - a['failed'])} | {a['toward']} / {a['away']} "
+        f"| {share(a['pairs_changed'], a['pairs'])} | {share(q['changed'], q['questions'] - q['failed'])} "
+        f"| {q['to_target']} | {q['score_up']} / {q['score_down']} |",
         "",
         "Fence tags in captions are removed, and control-token strings such as `<|im_end|>` broken up, before "
         "rendering (capbench/metrics/templates.py), so `fence_break` and `chat_template` measure their text left "
@@ -235,9 +243,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3, help="images of capbench-mini (every k-th, spread out)")
     parser.add_argument("--questions", type=int, default=4, help="CaptionQA questions per image")
-    parser.add_argument("--placements", default="append", help="where payloads go: append, prepend or both")
+    parser.add_argument("--placements", default="append", help="where payloads go: append, prepend or append,prepend")
     args = parser.parse_args(argv)
     placements = [p for p in PLACEMENTS if p in args.placements.split(",")]
+    unknown = set(args.placements.split(",")) - set(PLACEMENTS)
+    if unknown or not placements:
+        parser.error(f"--placements {args.placements!r}: use append, prepend or append,prepend")
+    if not 1 <= args.images <= 18 or args.questions < 1:
+        parser.error("--images takes 1 to 18 (capbench-mini's images), --questions at least 1")
     keys = variants(placements)
     bench = load_benchmark("mini")
     step = max(1, len(bench.samples) // args.images)
@@ -270,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
         "arena_judgments_per_variant": clean["judgments"],
         "arena_clean_wins_for_a": clean["clean_wins_for_a"],
+        "totals": totals(rows),
         "rows": rows,
     }
     save("hostile", report, markdown(report))

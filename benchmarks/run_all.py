@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core import table as core_table
+from vllm_captionqa import WAYS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -164,22 +165,18 @@ def _throughput() -> list[str]:
     lines = [
         f"## Throughput on a real engine (vllm_captionqa.md, {written})",
         "",
-        f"CaptionQA (letter answers) on capbench-mini's {report.get('captions', 18)} `detailed` captions, "
+        f"CaptionQA (letter answers) on capbench-mini's {report['captions']} `{report['caption_set']}` captions, "
         f"{report['requests']} questions, judge {report['judge']['model']} on vLLM {report['judge']['vllm']} "
         f"({report['device']}). Raw vLLM is the same prompts in one `LLM.chat` call: the engine's limit.",
         "",
         "| way | wall | captions per minute | time vs raw |",
         "|---|---|---|---|",
     ]
-    for key, label in (("raw_vllm", "raw vLLM"), ("capbench_batched", "capbench, batched"),
-                       ("capbench_one_at_a_time", "capbench, one request per call")):  # fmt: skip
-        seconds = report[f"{key}_s"]
-        rate = 60 * report.get("captions", 18) / seconds
-        lines.append(f"| {label} | {seconds:.1f} s | {rate:.2f} | {seconds / report['raw_vllm_s']:.2f} |")
-    repeated = [max(v) / min(v) for v in report.get("runs_s", {}).values() if len(v) > 1]
-    if repeated:
-        lines += ["", f"Runs of one way differ by up to {100 * (max(repeated) - 1):.0f}%: ratios inside are noise."]
-    return [*lines, ""]
+    for key, label in WAYS.items():
+        per_minute = report["captions_per_minute"][key.removesuffix("_s")]
+        lines.append(f"| {label} | {report[key]:.1f} s | {per_minute:.2f} | {report[key] / report['raw_vllm_s']:.2f} |")
+    spread = 100 * (report["run_spread"] - 1)
+    return [*lines, "", f"Runs of one way differ by up to {spread:.0f}%: ratios inside that are noise.", ""]
 
 
 def _hostile() -> list[str]:
@@ -187,17 +184,13 @@ def _hostile() -> list[str]:
     if found is None:
         return []
     report, written = found
-
-    def total(metric: str, field: str) -> int:
-        return sum(row[metric][field] for row in report["rows"])
-
+    arena, qa = report["totals"]["arena"], report["totals"]["captionqa"]
     return [
         f"## Hostile captions against the embedded judge (hostile.md, {written})",
         "",
-        f"Verdicts a payload changed: arena {total('arena', 'changed')} of {total('arena', 'judgments')} "
-        f"judgments, CaptionQA {total('captionqa', 'changed')} of {total('captionqa', 'questions')} answers, "
-        f"{total('captionqa', 'to_target')} of them to the letter the payload named "
-        f"({len(report['config']['images'])} images). A baseline of a 135M judge, not a pass mark.",
+        f"Verdicts a payload changed: arena {arena['changed']} of {arena['judgments']} judgments, "
+        f"CaptionQA {qa['changed']} of {qa['questions']} answers, {qa['to_target']} of them to the letter the "
+        f"payload named ({len(report['config']['images'])} images). A baseline of a 135M judge, not a pass mark.",
         "",
     ]
 

@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="turns of raw and batched runs (median counts)")
     parser.add_argument("--model", type=Path, help="transformers folder of the judge [default: SmolLM2 from GGUF]")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from capbench.engines import build_engine
 
@@ -143,6 +145,7 @@ def main() -> None:
         "caption_set": args.captions,
         "captions_per_minute": per_minute,
         "runs_s": {key: [round(v, 2) for v in values] for key, values in runs.items()},
+        "run_spread": spread(runs),
         "judge": engine.fingerprint(),
         "device": _device(),
         **{k: round(v, 2) for k, v in figures.items()},
@@ -154,11 +157,15 @@ def main() -> None:
     save("vllm_captionqa", report, markdown(report))
 
 
+def spread(runs: dict[str, list[float]]) -> float:
+    """The largest ratio of slowest to fastest run of one way (1.0 when no way ran twice)."""
+    return round(max((max(v) / min(v) for v in runs.values() if len(v) > 1), default=1.0), 3)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown table, with each way's runs and their spread."""
     runs = report["runs_s"]
     raw = report["raw_vllm_s"]
-    spread = max(max(v) / min(v) for v in runs.values() if len(v) > 1) if report["runs_s"] else 1.0
     return "\n".join(
         [
             f"# CaptionQA judging of capbench-mini on the vllm engine ({report['requests']} questions, "
@@ -173,8 +180,8 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             "",
             "Raw and batched took turns. The same way's runs differ by up to "
-            f"{100 * (spread - 1):.0f}% (slowest over fastest): a ratio between ways inside that spread is the "
-            "engine's noise on this machine, not capbench's cost. "
+            f"{100 * (report['run_spread'] - 1):.0f}% (slowest over fastest): a ratio between ways inside that "
+            "spread is the engine's noise on this machine, not capbench's cost. "
             f"Batched is {report['one_at_a_time_over_batched']:.1f}x faster than one at a time; "
             f"the scores are {'identical' if report['same_scores'] else 'DIFFERENT'} ({report['score']:.1f}).",
         ]

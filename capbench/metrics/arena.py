@@ -45,7 +45,6 @@ _SCHEMA = {
 }
 _JUDGMENT_LINE = re.compile(r"judg(?:e)?ment\s*[:=]\s*(.+)", re.IGNORECASE)
 _REASON = re.compile(r"reason\s*[:=]\s*(.*)", re.IGNORECASE | re.DOTALL)
-_FENCES = re.compile(r"</?\s*(?:caption_[12]|reference)\s*>", re.IGNORECASE)
 _EVIDENCE = {
     "image": "You see the photograph itself, and a reference description of it written by a person.",
     "reference": "You cannot see the photograph. A reference description written by a person stands in for it: "
@@ -111,11 +110,6 @@ def combine(outcomes: Sequence[float | None]) -> float | None:
 def single_order(seed: int, sample_id: str, a: str, b: str) -> bool:
     """Return whether A is shown first, drawn from a stream seeded by (seed, image, pair)."""
     return random.Random(f"arena:{seed}:{sample_id}:{a}:{b}").random() < 0.5
-
-
-def fence(text: str) -> str:
-    """Remove our fence tags from a caption, so a caption cannot close its own fence."""
-    return _FENCES.sub(" ", text)
 
 
 # ---------------------------------------------------------------- the pairwise judge
@@ -184,9 +178,8 @@ class PairJudge:
         """Build one judgment request: instructions, then the image and reference, then the captions."""
         mode = "image" if with_image else "reference"
         system = self._system.render(evidence=_EVIDENCE[mode])
-        user = self._user.render(
-            reference=fence(sample.reference_caption), caption_1=fence(caption_1), caption_2=fence(caption_2)
-        )
+        # render() removes the template's fence tags from the captions: none can close its fence
+        user = self._user.render(reference=sample.reference_caption, caption_1=caption_1, caption_2=caption_2)
         image = tuple(ImagePart(i) for i in sample.images) if with_image else ()
         messages = (Message.text("system", system), Message("user", (*image, TextPart(user))))
         if self.cfg.answer_mode == "loglik":

@@ -97,7 +97,8 @@ def parse_json(reply: str, truncated: bool = False) -> Any:
         value = _loads_lenient(text[start:end])
         if isinstance(value, dict):
             return value
-        listed = value if listed is None else listed
+        if listed is None:
+            listed = value
     if listed is not None:
         return listed
     for start, end in _nested_spans(text, outer):
