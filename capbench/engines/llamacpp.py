@@ -14,6 +14,10 @@ with the shape of the batch it was computed in, so a prompt is always evaluated 
 whatever the cache holds: all but its last token in blocks aligned to absolute positions
 (``BLOCK`` tokens), then the last token alone. Consecutive requests that share a prefix (the
 same caption, different questions) reuse the whole blocks they share, and nothing else.
+
+The numbers also depend on the kernels llama.cpp was compiled with (``llamacpp_build``): the
+fingerprint names them, a CPU that cannot run the installed build gets one line naming what it
+lacks, and a build other than capbench's portable one is warned about once.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import os
 import weakref
 from collections.abc import Sequence
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from capbench.engines import llamacpp_build
 from capbench.engines.base import Choice, JsonSchema, OnResult, Request, Response
 from capbench.errors import ConfigError, MissingDependencyError
 from capbench.hashing import sha256_file
@@ -81,7 +85,9 @@ class LlamaCppEngine:
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         stat = self.model_path.stat()
         self._digest = _file_digest(str(self.model_path), stat.st_size, stat.st_mtime)
-        self._version = metadata.version("llama-cpp-python")
+        llamacpp_build.check_cpu()  # before llama_cpp is imported: a missing instruction kills the process
+        self.build = llamacpp_build.installed()
+        llamacpp_build.warn_if_not_portable(self.build)
         self._llm: Any = None  # loaded on the first request: a fully cached run never loads it
         self._formatter: Any = None
         self._grammars: dict[str, Any] = {}
@@ -122,12 +128,17 @@ class LlamaCppEngine:
         atexit.register(_close_at_exit, weakref.ref(llm))
 
     def fingerprint(self) -> dict[str, Any]:
-        """Backend, model file and hash, llama.cpp version, context size."""
+        """Backend, model file and hash, llama.cpp version and the kernels it was built with, context size.
+
+        The thread count is left out: llama.cpp splits each operation's output rows between threads,
+        so it changes no number.
+        """
         return {
             "backend": self.backend,
             "model": self.model_path.stem,
             "sha256": self._digest,
-            "llama_cpp": self._version,
+            "llama_cpp": self.build.version,
+            "kernels": self.build.kernels(),
             "n_ctx": self.n_ctx,
         }
 
