@@ -110,6 +110,7 @@ def _caption_args(model: Path, results: Path, *extra: str) -> list[str]:
 
 @pytest.mark.engine
 @pytest.mark.cli
+@pytest.mark.gpu  # the hf engine's device "auto": CUDA in bfloat16 where there is one
 def test_eval_model_captions_with_hf_then_scores_and_a_new_judge_reuses_the_captions(
     tiny_vlm, tmp_path, scripted_cli_engine
 ):
@@ -147,9 +148,10 @@ def test_eval_model_captions_with_hf_then_scores_and_a_new_judge_reuses_the_capt
 
 @pytest.mark.engine
 def test_generation_killed_mid_run_resumes_without_regenerating(tiny_vlm, tmp_path):
+    # On the CPU wherever it runs: on a GPU the six captions can be done before the kill lands.
     def command(results: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "capbench.cli", *_caption_args(tiny_vlm, results, "--metrics", "none",
-                "--batch-size", "1", "--limit", "6", *extra)]  # fmt: skip
+                "--batch-size", "1", "--limit", "6", "--model-opt", "device=cpu", *extra)]  # fmt: skip
 
     log = tmp_path / "mini" / "tiny-qwen2.5-vl" / "generated.jsonl"
     before = kill_after_lines(command(tmp_path), log, 2)

@@ -1,4 +1,10 @@
-"""The transformers engine on tiny random checkpoints (Qwen2.5-VL and Llama) built offline."""
+"""The transformers engine on tiny random checkpoints (Qwen2.5-VL and Llama) built offline.
+
+Engines here mostly take device="auto" and dtype="auto": float32 on the CPU, bfloat16 on CUDA
+where there is one. Every comparison is made in the device and dtype the engine resolved, with
+a tolerance fit for that dtype; tests marked ``gpu`` are the ones that move to CUDA when it is
+there (``pytest -m gpu`` on a GPU machine), and the ``needs_cuda`` ones run only there.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,33 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 GREEDY = Sampling(max_tokens=8, temperature=0.0)
+
+#: Runs on CUDA when the machine has it (device "auto"), else on the CPU.
+gpu = pytest.mark.gpu
+#: Runs only on a machine with CUDA.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def logprob_tolerance(dtype: str) -> dict[str, float]:
+    """Return ``pytest.approx`` bounds for log-probabilities that two routes computed in ``dtype``.
+
+    float32: 1e-4 absolute, as the CPU tests always had: the two routes round differently only
+    in float32's 24-bit mantissa (relative 6e-8), far below it. bfloat16 and float16 keep 8 and
+    11 significant bits (machine epsilon 2^-7 and 2^-10); activations are rounded to that after
+    every layer, and a route with other kernels (a mask, another shape) rounds elsewhere.
+    Four epsilons relative (bfloat16 3.1%, float16 0.4%) bound that, and stay far below what
+    a real fault gives (an option scored at the wrong position is off by whole units). Measured
+    on the tiny Llama (24 options of 2-7 tokens, sums of -11 to -58): the engine and a direct
+    pass agree to 1e-16 on the CPU in either dtype; even bfloat16 against float32 differs by at
+    most 0.66% (0.17 on a sum of -26), float16 against float32 by 0.06%.
+    """
+    if dtype == "float32":
+        return {"abs": 1e-4}
+    return {"rel": 4 * torch.finfo(getattr(torch, dtype)).eps, "abs": 1e-4}
+
+
+#: bfloat16 against float32 (other weights, rounded): the bfloat16 bound, 4.7 times the worst measured.
+BF16_VS_F32 = logprob_tolerance("bfloat16")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,6 +114,7 @@ def test_the_processor_loads_with_or_without_torchvision(models):
         assert type(AutoProcessor.from_pretrained(models["vlm"])).__name__ == "Qwen2_5_VLProcessor"
 
 
+@gpu
 def test_captions_images_in_a_batch(vlm, models, images):
     seen: list[int] = []
     responses = vlm.run([describe(i) for i in images], on_result=lambda index, _: seen.append(index))
@@ -93,13 +127,17 @@ def test_captions_images_in_a_batch(vlm, models, images):
     assert [r.texts for r in vlm.run([describe(i) for i in images])] == [r.texts for r in responses]
 
 
+@gpu
 def test_greedy_outputs_do_not_depend_on_the_batch(vlm, models, images):
     # Left padding is masked out and Qwen2.5-VL's rope positions start after the padding, so in
-    # float32 on the CPU one request alone gives exactly what it gives among four.
+    # float32 on the CPU one request alone gives exactly what it gives among four. On CUDA in
+    # bfloat16 the kernels differ with the batch's shape and only near-ties could flip; this
+    # model's margins are wide, and on an H200 the texts were the same.
     alone = hf.HFEngine(str(models["vlm"]), batch_size=1).run([describe(i) for i in images])
     assert [r.texts for r in alone] == [r.texts for r in vlm.run([describe(i) for i in images])]
 
 
+@gpu
 def test_max_pixels_shrinks_the_images(vlm, models, images):
     small = hf.HFEngine(str(models["vlm"]), max_pixels=56 * 56)
     assert small.fingerprint()["max_pixels"] == 56 * 56 and "max_pixels" not in vlm.fingerprint()
@@ -107,6 +145,7 @@ def test_max_pixels_shrinks_the_images(vlm, models, images):
     assert few.ok and few.prompt_tokens < many.prompt_tokens
 
 
+@gpu
 def test_a_repeated_image_is_decoded_once_per_run(models, images, monkeypatch):
     opened: Counter[str] = Counter()
     real = hf.load_image
@@ -124,6 +163,7 @@ def test_a_repeated_image_is_decoded_once_per_run(models, images, monkeypatch):
     assert responses[0].texts == responses[2].texts == responses[3].texts
 
 
+@gpu
 def test_text_model_answers_text_and_refuses_images(text_model, images):
     ask = Request((Message.text("system", "Answer briefly."), Message.text("user", "What colour is the sky?")), GREEDY)
     text, picture = text_model.run([ask, describe(images[0])])
@@ -132,34 +172,46 @@ def test_text_model_answers_text_and_refuses_images(text_model, images):
     assert picture.error is not None and "text-only" in picture.error
 
 
-def test_loglik_choice_matches_a_direct_forward_pass(text_model, models):
+@gpu
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"device": "cpu", "dtype": "bfloat16"}],
+    ids=["auto", "cpu-bfloat16"],  # auto: float32 on the CPU, bfloat16 on CUDA
+)
+def test_loglik_choice_matches_a_direct_forward_pass(text_model, models, options):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    options = ("yes", "no", "a red car")
+    engine = hf.HFEngine(str(models["text"]), **options) if options else text_model
+    device, dtype = engine.resolved()
+    choices = ("yes", "no", "a red car")
     messages = (Message.text("user", "Is a cat sitting on the table?"),)
-    scored, sampled = text_model.run(
-        [Request(messages, GREEDY, Choice(options, loglik=True)), Request(messages, GREEDY)]
-    )
+    scored, sampled = engine.run([Request(messages, GREEDY, Choice(choices, loglik=True)), Request(messages, GREEDY)])
     assert sampled.ok and scored.ok and scored.option_logprobs is not None
 
+    # The same weights, loaded on the device and in the dtype the engine resolved.
     tokenizer = AutoTokenizer.from_pretrained(models["text"])
-    model = AutoModelForCausalLM.from_pretrained(models["text"], dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(models["text"], dtype=getattr(torch, dtype)).to(device).eval()
+    assert next(engine._model.parameters()).dtype == getattr(torch, dtype)
+    assert next(engine._model.parameters()).device == next(model.parameters()).device
     chat = [{"role": "user", "content": "Is a cat sitting on the table?"}]
     prompt = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)).input_ids
     expected, counts = [], []
-    for option in options:
+    for option in choices:
         ids = tokenizer(option, add_special_tokens=False).input_ids
         with torch.no_grad():
-            logits = model(torch.tensor([prompt + ids])).logits[0].double()
+            logits = model(torch.tensor([prompt + ids], device=device)).logits[0].double()
         logprobs = torch.log_softmax(logits, dim=-1)
         expected.append(sum(float(logprobs[len(prompt) - 1 + k, t]) for k, t in enumerate(ids)))
         counts.append(len(ids))
-    assert scored.option_logprobs == pytest.approx(expected, abs=1e-4)
+    assert scored.option_logprobs == pytest.approx(expected, **logprob_tolerance(dtype))
     assert scored.option_tokens == tuple(counts)
-    best = max(range(len(options)), key=lambda i: expected[i] / counts[i])
-    assert scored.texts == (options[best],)
+    # The pick is the best mean per token of the engine's own scores (in bfloat16 a near-tie of
+    # the direct pass could go either way within the tolerance).
+    best = max(range(len(choices)), key=lambda i: scored.option_logprobs[i] / counts[i])
+    assert scored.texts == (choices[best],)
 
 
+@gpu
 def test_vlm_scores_choices_and_ignores_json_schemas(vlm, images):
     messages = (Message("user", (ImagePart(images[0]), TextPart("Is there a person?"))),)
     scored, free = vlm.run(
@@ -173,6 +225,7 @@ def test_vlm_scores_choices_and_ignores_json_schemas(vlm, images):
     assert free.ok  # sent unconstrained: plain transformers has no constrained decoding
 
 
+@gpu
 def test_sampling_n_with_a_seed_is_reproducible(vlm, images):
     sampling = Sampling(max_tokens=8, temperature=1.0, seed=7, n=2)
     first = vlm.run([describe(images[0], sampling)])[0]
@@ -183,6 +236,7 @@ def test_sampling_n_with_a_seed_is_reproducible(vlm, images):
     assert first.texts[0] != first.texts[1]
 
 
+@gpu
 def test_a_bad_image_fails_alone(vlm, images, tmp_path):
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(Path(images[1].path).read_bytes()[:200])  # a readable header, no pixels
@@ -197,21 +251,72 @@ def test_a_bad_image_fails_alone(vlm, images, tmp_path):
     assert isinstance(responses[1], Response) and not responses[1].ok
 
 
-def test_fingerprint_names_the_weights_not_the_device(models, tmp_path):
+@gpu
+def test_fingerprint_names_weights_dtype_and_device_type_not_the_batch(models, tmp_path):
     folder = build_tiny_qwen25vl(tmp_path / "tiny-qwen25vl", seed=0)
     engine = build_engine(f"hf:{folder}", device="cpu", batch_size=2)
     assert isinstance(engine, hf.HFEngine)
     fingerprint = engine.fingerprint()
     assert engine._model is None  # fingerprinting never loads the model
-    assert "device" not in fingerprint and "batch_size" not in fingerprint
-    assert fingerprint["backend"] == "hf" and fingerprint["model"] == "tiny-qwen25vl"
-    assert fingerprint["dtype"] == "float32" and fingerprint["transformers"]
-    assert hf.HFEngine(str(folder), device="auto", batch_size=8).fingerprint() == fingerprint
-    assert hf.HFEngine(str(models["vlm"])).fingerprint() == fingerprint  # same content elsewhere
+    assert fingerprint["backend"] == "hf" and fingerprint["model"] == "tiny-qwen25vl" and fingerprint["transformers"]
+    assert (fingerprint["device"], fingerprint["dtype"]) == engine.resolved() == ("cpu", "float32")
+    # Greedy outputs do not depend on the batch (and sampled ones on more than its size).
+    assert "batch_size" not in fingerprint
+    assert hf.HFEngine(str(folder), device="cpu", batch_size=8).fingerprint() == fingerprint
+    assert hf.HFEngine(str(models["vlm"]), device="cpu").fingerprint() == fingerprint  # same content elsewhere
+    # "auto" is keyed as what it stands for here: cuda and bfloat16 on a GPU machine, else cpu and float32.
+    auto = hf.HFEngine(str(folder), batch_size=8)
+    device, dtype = auto.resolved()
+    assert (auto.fingerprint()["device"], auto.fingerprint()["dtype"]) == (device.split(":")[0], dtype)
+    assert auto.fingerprint() == hf.HFEngine(str(folder), device=device, dtype=dtype).fingerprint()
+    if (device, dtype) == engine.resolved():  # a machine without CUDA
+        assert auto.fingerprint() == fingerprint
+    # The device type runs other kernels, so it is keyed; its index is not. Nothing loads: no GPU needed.
+    on_cuda = hf.HFEngine(str(folder), device="cuda:1", dtype="float32").fingerprint()
+    assert on_cuda == {**fingerprint, "device": "cuda"}
+    assert hf.HFEngine(str(folder), device="cuda", dtype="float32").fingerprint() == on_cuda
+    assert hf.HFEngine(str(folder), device="cuda:0").fingerprint() == {**on_cuda, "dtype": "bfloat16"}
+    # So are the dtype, another attention kernel and the checkpoint's own code.
+    assert hf.HFEngine(str(folder), device="cpu", dtype="bfloat16").fingerprint() == {
+        **fingerprint,
+        "dtype": "bfloat16",
+    }
+    eager = hf.HFEngine(str(folder), device="cpu", attn_implementation="eager").fingerprint()
+    assert eager == {**fingerprint, "attn_implementation": "eager"}
+    remote = hf.HFEngine(str(folder), device="cpu", trust_remote_code=True).fingerprint()
+    assert remote == {**fingerprint, "trust_remote_code": True}
     shutil.rmtree(folder)
     build_tiny_qwen25vl(folder, seed=1)  # same files and sizes, other weights
     assert hf.HFEngine(str(folder)).fingerprint()["digest"] != fingerprint["digest"]
-    assert hf.HFEngine(str(folder), dtype="bfloat16").fingerprint()["dtype"] == "bfloat16"
+
+
+@gpu
+def test_bfloat16_scores_are_close_to_float32_but_not_equal(models, text_model):
+    # Why the dtype and the device type are keyed: the same weights score otherwise in bfloat16 on
+    # CUDA (what "auto" runs there) or on the CPU (elsewhere) than in float32 on the CPU.
+    low = text_model if text_model.resolved()[1] == "bfloat16" else hf.HFEngine(str(models["text"]), dtype="bfloat16")
+    request = Request(
+        (Message.text("user", "Is a cat sitting on the table?"),),
+        GREEDY,
+        Choice(("yes", "no", "a red car"), loglik=True),
+    )
+    reference = hf.HFEngine(str(models["text"]), device="cpu", dtype="float32").run([request])[0]
+    scored = low.run([request])[0]
+    assert scored.ok and reference.ok and scored.option_tokens == reference.option_tokens
+    assert scored.option_logprobs != reference.option_logprobs
+    assert scored.option_logprobs == pytest.approx(reference.option_logprobs, **BF16_VS_F32)
+
+
+@gpu
+@needs_cuda
+def test_auto_runs_on_cuda_in_bfloat16(vlm, models, images):
+    assert vlm.resolved() == ("cuda", "bfloat16")
+    assert vlm.run([describe(images[0])])[0].ok
+    weights = next(vlm._model.parameters())
+    assert weights.device.type == "cuda" and weights.dtype == torch.bfloat16
+    assert (vlm.fingerprint()["device"], vlm.fingerprint()["dtype"]) == ("cuda", "bfloat16")
+    assert hf.HFEngine(str(models["vlm"]), device="cuda:0").fingerprint() == vlm.fingerprint()
+    assert hf.HFEngine(str(models["vlm"]), device="cpu").fingerprint() != vlm.fingerprint()
 
 
 def test_folder_digest_samples_large_files_and_skips_hidden_folders(tmp_path):

