@@ -25,6 +25,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from capbench.errors import InputError
+from capbench.portable import power_pair
 
 ELO_K = 4.0
 ELO_SCALE = 400.0
@@ -33,9 +34,9 @@ ELO_INITIAL = 1000.0
 # Standard deviation of the Gaussian prior on each natural-log strength (and on log ν), about
 # 695 Elo points: weak next to a few dozen battles, yet it keeps an unbeaten model finite.
 PRIOR_SD = 4.0
-# Bootstrap indices held at once by elo_ratings (64 MB of int64): larger blocks mean fewer, longer
+# Bootstrap indices held at once by elo_ratings (64 MB of int32): larger blocks mean fewer, longer
 # numpy calls per battle, which is where the time goes.
-_ELO_BLOCK = 8_000_000
+_ELO_BLOCK = 16_000_000
 _OUTCOME_FIX = "use 1.0 if model_a won, 0.0 if model_b won, 0.5 for a tie"
 TieModel = Literal["davidson", "half"]
 
@@ -170,10 +171,10 @@ def online_elo(
     for battle in _checked(battles):
         ra = ratings.setdefault(battle.model_a, initial)
         rb = ratings.setdefault(battle.model_b, initial)
-        ea = 1 / (1 + base ** ((rb - ra) / scale))
-        eb = 1 / (1 + base ** ((ra - rb) / scale))
-        ratings[battle.model_a] = ra + k * (battle.outcome - ea)
-        ratings[battle.model_b] = rb + k * (1 - battle.outcome - eb)
+        # (R_a - R_b)/scale is exactly -(R_b - R_a)/scale, so power_pair gives both odds from one call.
+        ea, eb = 1 / (1 + power_pair(base, np.array([(rb - ra) / scale])))[:, 0]
+        ratings[battle.model_a] = float(ra + k * (battle.outcome - ea))
+        ratings[battle.model_b] = float(rb + k * (1 - battle.outcome - eb))
     return ratings
 
 
@@ -193,27 +194,21 @@ def _elo_rounds(
     The same arithmetic as ``online_elo``, vectorised across rounds so 1000 rounds cost one pass over
     the battles. Returns a (rounds, models) array, NaN where a model is absent from a round.
     """
-    steps, rounds = samples.shape
+    rounds = samples.shape[1]
     ratings = np.full(rounds * n_models, float(initial))
+    drawn = np.zeros(rounds * n_models, dtype=bool)
     offset = np.arange(rounds) * n_models
-    for t in range(steps):
-        rows = samples[t]
-        ia = a[rows] + offset
-        ib = b[rows] + offset
-        sa = score[rows]
-        ra = ratings[ia]
-        rb = ratings[ib]
-        ea = 1 / (1 + base ** ((rb - ra) / scale))
-        eb = 1 / (1 + base ** ((ra - rb) / scale))
-        ratings[ia] = ra + k * (sa - ea)
-        ratings[ib] = rb + k * (1 - sa - eb)
-    ratings = ratings.reshape(rounds, n_models)
-    for round_ in range(rounds):
-        seen = np.zeros(n_models, dtype=bool)
-        seen[a[samples[:, round_]]] = True
-        seen[b[samples[:, round_]]] = True
-        ratings[round_, ~seen] = np.nan
-    return ratings
+    sides = np.stack([a, b])
+    scores = np.stack([score, 1 - score])
+    for rows in samples:
+        # Row 0 is model_a's, row 1 model_b's: rating slots, ratings and scores S_a and 1 - S_a.
+        slot = sides.take(rows, axis=1) + offset  # take: ten times faster than [:, rows] here
+        r = ratings[slot]
+        expected = 1 / (1 + power_pair(base, (r[1] - r[0]) / scale))
+        ratings[slot] = r + k * (scores.take(rows, axis=1) - expected)
+        drawn[slot] = True
+    ratings[~drawn] = np.nan
+    return ratings.reshape(rounds, n_models)
 
 
 def _records(n_models: int, a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -281,7 +276,7 @@ def elo_ratings(battles: Sequence[Battle], rounds: int = 1000, seed: int = 42, *
     block = max(1, min(rounds, _ELO_BLOCK // n))
     draws = []
     for start in range(0, rounds, block):
-        samples = np.empty((n, min(block, rounds - start)), dtype=np.intp)
+        samples = np.empty((n, min(block, rounds - start)), dtype=np.int32 if n < 2**31 else np.intp)
         for column in range(samples.shape[1]):
             samples[:, column] = state.choice(n, size=n, replace=True)
         draws.append(_elo_rounds(a, b, score, samples, len(models), **elo))

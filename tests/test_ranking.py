@@ -12,10 +12,13 @@ import pytest
 from scipy import optimize
 
 from capbench.errors import InputError
+from capbench.portable import power_pair
 from capbench.ranking import (
     Battle,
     Rating,
     _cells,
+    _elo_rounds,
+    _encode,
     _neg_log_posterior,
     _pair_counts,
     _pairs,
@@ -62,6 +65,72 @@ def global_numpy_state() -> Iterator[None]:
     state = np.random.get_state()
     yield
     np.random.set_state(state)
+
+
+# --- portable powers ---------------------------------------------------------------------------
+
+# (base, x, base**x, base**-x) from power_pair, as float.hex. power_pair touches the data only with +, -, *, /, rint and
+# ldexp, which IEEE 754 makes correctly rounded or exact in every SIMD width, and takes its constants from
+# Python's decimal and int arithmetic, so every x86-64 and ARM CPU reproduces these bits. Some are 1 ulp from
+# the C library's pow (10**0.5, 10**-1, 2**±0.5), and numpy's power on AVX-512 differs from both at 10**2.5: the
+# table pins capbench's own bits, not a libm's.
+POWER_BITS = [
+    (10.0, 0.0, "0x1.0000000000000p+0", "0x1.0000000000000p+0"),
+    (10.0, 1e-300, "0x1.0000000000000p+0", "0x1.0000000000000p+0"),
+    (10.0, 0.0025, "0x1.017a57ecca4b7p+0", "0x1.fd0fa80ab1673p-1"),
+    (10.0, -0.0125, "0x1.f1793807ce68bp-1", "0x1.0779af8d53769p+0"),
+    (10.0, 0.1, "0x1.4248ef8fc2604p+0", "0x1.96b230bcdc434p-1"),
+    (10.0, -0.37, "0x1.b4d142e995c49p-2", "0x1.2c0fb09811e7ep+1"),
+    (10.0, 0.5, "0x1.94c583ada5b52p+1", "0x1.43d136248490fp-2"),
+    (10.0, -1.0, "0x1.9999999999999p-4", "0x1.4000000000000p+3"),
+    (10.0, 2.5, "0x1.3c3a4edfa9759p+8", "0x1.9e7c6e43390b6p-9"),
+    (10.0, -3.75, "0x1.74eea61c12623p-13", "0x1.5f769cae07281p+12"),
+    (10.0, 9.99, "0x1.233d4878c7703p+33", "0x1.c20c8c6868ce9p-34"),
+    (10.0, 22.0, "0x1.0f0cf064dd592p+73", "0x1.e392010175ee6p-74"),  # 10**22 is exact
+    (10.0, 100.7, "0x1.6e9fdb59b9cb5p+334", "0x1.6582a08d735a6p-335"),
+    (10.0, -250.3, "0x1.6f72ca2e6e1f0p-832", "0x1.64b566314a340p+831"),
+    (10.0, 308.25, "0x1.fa788589d81d3p+1023", "0x0.40b2ddcd8aaa2p-1022"),  # near overflow, subnormal
+    (10.0, 308.26, "inf", "0x0.3f39d97c0a7fdp-1022"),
+    (10.0, -323.5, "0x0.0000000000001p-1022", "inf"),  # the smallest subnormal
+    (10.0, 1e300, "inf", "0x0.0p+0"),
+    (10.0, math.inf, "inf", "0x0.0p+0"),
+    (10.0, math.nan, "nan", "nan"),
+    (2.0, 0.5, "0x1.6a09e667f3bccp+0", "0x1.6a09e667f3bccp-1"),
+    (2.0, -0.3, "0x1.9fdf8bcce533ep-1", "0x1.3b2c47bff8329p+0"),
+    (2.0, 7.25, "0x1.306fe0a31b715p+7", "0x1.ae89f995ad3aep-8"),
+    (2.0, -1074.0, "0x0.0000000000001p-1022", "inf"),
+    (math.e, 1.0, "0x1.5bf0a8b145769p+1", "0x1.78b56362cef38p-2"),
+    (math.e, -0.25, "0x1.8ebef9eac820bp-1", "0x1.48b5e3c3e8186p+0"),
+]
+
+
+@pytest.mark.filterwarnings("error")  # inf, 0 and NaN come without warnings
+@pytest.mark.parametrize("base", sorted({row[0] for row in POWER_BITS}))
+def test_power_reproduces_frozen_bits(base: float) -> None:
+    rows = [row for row in POWER_BITS if row[0] == base]
+    # All at once (numpy's SIMD loops) and one by one (as online_elo calls it): the same bits.
+    together = power_pair(base, np.array([row[1] for row in rows]))
+    alone = np.concatenate([power_pair(base, np.array([row[1]])) for row in rows], axis=1)
+    for powers in (together, alone):
+        assert [(plus.hex(), minus.hex()) for plus, minus in powers.T] == [row[2:] for row in rows]
+
+
+@pytest.mark.parametrize(("base", "bound"), [(10.0, 10.0), (10.0, 300.0), (2.0, 1000.0), (math.e, 5.0), (0.5, 50.0)])
+def test_power_is_within_2_ulp_of_math_pow(base: float, bound: float) -> None:
+    # |x| ≤ 10 is the Elo range (rating gaps up to 4000 on scale 400); measured: at most 1 ulp from math.pow.
+    x = np.random.default_rng(1).uniform(-bound, bound, 20_000)
+    powers = power_pair(base, x)
+    for row, sign in ((0, 1), (1, -1)):
+        expected = np.array([math.pow(base, sign * value) for value in x])
+        assert (np.abs(powers[row] - expected) <= 2 * np.spacing(expected)).all()
+
+
+def test_power_rejects_a_bad_base() -> None:
+    for base in (0.0, -10.0, 1.0, math.inf, math.nan):
+        with pytest.raises(InputError, match="use a positive finite odds base other than 1"):
+            power_pair(base, np.array([0.5]))
+    with pytest.raises(InputError, match="base is 1"):
+        elo_ratings([Battle("A", "B", 1.0)], rounds=2, base=1)
 
 
 # --- online Elo --------------------------------------------------------------------------------
@@ -132,6 +201,10 @@ def test_elo_ratings_matches_caparena_pandas_pipeline(global_numpy_state: None) 
         assert ours[model].rating == pytest.approx(median[model], abs=1e-9)
         assert ours[model].low == pytest.approx(boot[model].quantile(0.025), abs=1e-9)
         assert ours[model].high == pytest.approx(boot[model].quantile(0.975), abs=1e-9)
+    # What CapArena publishes, the medians rounded half up and the ranking, must be identical.
+    assert {model: math.floor(ours[model].rating + 0.5) for model in median.index} == {
+        model: math.floor(median[model] + 0.5) for model in median.index
+    }
     assert [r.model for r in elo_ratings(battles, rounds=rounds)] == list(median.sort_values(ascending=False).index)
 
 
@@ -143,9 +216,22 @@ def test_elo_ratings_round_is_online_elo_on_the_drawn_order() -> None:
     ratings = by_model(elo_ratings(battles, rounds=1, seed=9, k=32, initial=1500))
     for model, rating in ratings.items():
         if model in expected:
-            assert rating.rating == pytest.approx(expected[model], abs=1e-9)
+            assert rating.rating == expected[model]  # the median of one round is that round, bit for bit
         else:
             assert math.isnan(rating.rating)  # never drawn in the only round
+
+
+@pytest.mark.parametrize("elo", [{}, {"k": 32, "scale": 100, "base": 2.0, "initial": 1500}])
+def test_bootstrap_rounds_are_online_elo_bit_for_bit(elo: dict[str, float]) -> None:
+    # Both paths call power_pair (online_elo one battle at a time, the bootstrap a round-wide array), and
+    # (R_a - R_b)/scale is exactly -(R_b - R_a)/scale, so every round must equal online_elo to the last bit.
+    battles = simulate({"A": 0.6, "B": 0.2, "C": 0.0, "D": -0.7}, nu=0.5, n=300, seed=8)
+    models, a, b, score = _encode(battles)
+    samples = np.random.RandomState(3).randint(len(battles), size=(len(battles), 6))
+    draws = _elo_rounds(a, b, score, samples, len(models), **elo)
+    for round_ in range(samples.shape[1]):
+        expected = online_elo([battles[i] for i in samples[:, round_]], **elo)
+        assert {model: draws[round_, models.index(model)] for model in expected} == expected
 
 
 def test_elo_ratings_leaves_global_random_state_alone(global_numpy_state: None) -> None:
