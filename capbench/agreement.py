@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from capbench.errors import InputError
+from capbench.evaluation import Progress, ProgressEngine
 from capbench.hashing import sha256_file
 from capbench.metrics.arena import PairJudge, PairTask
 from capbench.metrics.base import Judges
@@ -46,11 +47,16 @@ def human_outcome(row: Mapping[str, Any]) -> float:
 
 
 def judge_battles(
-    rows: Sequence[Mapping[str, Any]], pairs: PairJudge, judges: Judges, images_dir: Path | None = None
+    rows: Sequence[Mapping[str, Any]],
+    pairs: PairJudge,
+    judges: Judges,
+    images_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Judge every battle without a human side; return each with both outcomes and the raw judgments.
 
-    In single-order mode the battle is judged in its stored order, as CapArena does.
+    In single-order mode the battle is judged in its stored order, as CapArena does. ``progress``
+    is told the judge calls planned, then each as it completes.
     """
     kept = [r for r in rows if HUMAN not in (r["source1"], r["source2"])]
     tasks = []
@@ -58,6 +64,9 @@ def judge_battles(
         sample = Sample(row["img"], _image(images_dir, row["img"]), reference_caption=row["ref"])
         orders = (True,) if pairs.cfg.order == "single" else pairs.orders(row["img"], row["source1"], row["source2"])
         tasks.append(PairTask(sample, row["caption1"], row["caption2"], orders))
+    if progress is not None:
+        progress.start("agreement", sum(len(t.orders) for t in tasks))
+        judges = {role: ProgressEngine(judge, progress) for role, judge in judges.items()}
     records, mode = pairs.judge(tasks, judges) if tasks else ([], "reference")
     return [_judged(row, record, mode) for row, record in zip(kept, records, strict=True)]
 

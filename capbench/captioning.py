@@ -29,7 +29,7 @@ from capbench.engines.base import ImagePart, Message, Request, Response, Samplin
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash
 from capbench.records import CaptionSet, Sample
-from capbench.runs import JsonlLog, atomic_write_text
+from capbench.runs import JsonlLog, RunLock, atomic_write_text
 
 DEFAULT_PROMPT = "Describe this image in detail."
 #: Our own wordings of a request for a detailed description (``--caption-prompt paraphrases``).
@@ -132,6 +132,17 @@ class Captioner:
         on_batch: Callable[[int], None] | None = None,
     ) -> GenerationReport:
         """Caption every sample that has no caption yet in ``folder``; return the caption set."""
+        with RunLock(folder):  # one writer per folder, shared with the scoring run that follows
+            return self._generate(samples, folder, name, overwrite, on_batch)
+
+    def _generate(
+        self,
+        samples: Sequence[Sample],
+        folder: Path,
+        name: str,
+        overwrite: bool,
+        on_batch: Callable[[int], None] | None,
+    ) -> GenerationReport:
         start = time.perf_counter()
         log, manifest_path = JsonlLog(folder / "generated.jsonl"), folder / "generation.json"
         if overwrite:

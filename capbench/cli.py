@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,24 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def _one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """Format a warning as one ``warning: ...`` line (capbench's warnings say what to do; no source line)."""
+    return f"warning: {message}\n"
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="capbench")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Measure image captions: CaptionQA (more metrics to come), with cached LLM judges."""
+    """Measure image captions with cached LLM judges.
+
+    Score caption sets on a benchmark (CaptionQA, CapRL, DCScore, BalCapRL's b-CapScore, CapArena-Auto), rank many
+    sets by pairwise battles (arena), check a pairwise judge against human battles (agreement), and build
+    leaderboards from the results.
+    """
+    if not debug:
+        warnings.formatwarning = _one_line
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
@@ -210,6 +223,14 @@ def _judge_engine_options(command: Any) -> Any:
     type=click.Path(path_type=Path),
     help="Record every judge reply (cached ones included) to a cassette file, for replay in tests.",
 )
+@click.option(
+    "--fail-at",
+    type=click.FloatRange(0.0, 1.0),
+    default=1.0,
+    show_default=True,
+    help="Exit with status 1 when a caption set's share of failed judge calls reaches this "
+    "(1: every call failed; 0: any failure). Failed calls are asked again by the next run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 def eval_command(**opts: Any) -> None:
     """Score caption sets on a benchmark and write results."""
@@ -243,9 +264,10 @@ def _pair_options(command: Any) -> Any:
         click.option("--order", type=click.Choice(["both", "single"]), default="both", show_default=True,
                      help="Judge both caption orders (a win must survive the swap) or one seeded random order "
                      "(CapArena's protocol; for human battles, their stored order)."),
-        click.option("--answer-mode", type=click.Choice(["auto", "generate", "loglik"]), default="auto",
-                     show_default=True, help="generate: the judge writes a reason and a verdict; loglik: the three "
-                     "verdicts ranked by likelihood; auto = loglik for the embedded judge."),
+        click.option("--answer-mode", type=click.Choice(["auto", "letter", "loglik", "generate"]), default="auto",
+                     show_default=True, help="letter: the judge writes a reason and its verdict, as in eval "
+                     "('generate' is its old name); loglik: the three verdicts ranked by likelihood; auto = loglik "
+                     "for the embedded judge, letter otherwise."),
         click.option("--prompt-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Folder of prompt templates that replace capbench's own (same file names)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of order draws and judge sampling."),
@@ -271,6 +293,8 @@ def _pair_options(command: Any) -> Any:
 @click.option("--budget", type=click.IntRange(min=1), help="Judge a seeded random sample of N battles, not all pairs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Battles per judging batch (saved after each).")  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=1),
+              help="Judge only the battles on the first N images (benchmark order), as eval's --limit.")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Discard stored battles instead of resuming.")
 @_pair_options
 def arena_command(**opts: Any) -> None:
@@ -301,30 +325,51 @@ def cache_group() -> None:
 @cache_group.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def cache_stats(as_json: bool) -> None:
-    """Show how many judge responses are cached, per engine."""
-    from capbench.engines.cache import ResponseCache
+    """Show how many judge responses are cached, per engine (creates nothing)."""
+    from capbench.engines.cache import read_stats
 
-    stats = ResponseCache().stats()
+    stats = read_stats()
     if as_json:
         click.echo(json.dumps(stats, indent=2))
-        return
-    click.echo(f"{stats['path']}: {stats['entries']} cached responses, {stats['bytes'] / 1e6:.1f} MB")
-    for row in stats["engines"]:
-        click.echo(f"  {row['engine']}: {row['entries']}")
+    elif not stats["exists"]:
+        click.echo(f"{stats['path']}: no cache yet (0 cached responses)")
+    else:
+        click.echo(f"{stats['path']}: {stats['entries']} cached responses, {stats['bytes'] / 1e6:.1f} MB")
+        for row in stats["engines"]:
+            click.echo(f"  {row['engine']}: {row['entries']}")
 
 
 @cache_group.command("clear")
 @click.option("--engine", help="Only this engine's entries, as shown by `cache stats` (e.g. llamacpp:...).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cache_clear(engine: str | None, yes: bool) -> None:
-    """Delete cached judge responses."""
-    from capbench.engines.cache import ResponseCache
+    """Delete cached judge responses; a damaged cache file is deleted whole (it is only a cache)."""
+    from capbench.engines.cache import CacheFileError, ResponseCache, default_cache_path, read_stats, remove_cache
+    from capbench.errors import ConfigError
 
-    cache = ResponseCache()
-    what = f"the cached responses of {engine}" if engine else "every cached response"
-    if not yes and not click.confirm(f"Delete {what} in {cache.path}?"):
-        return
-    click.echo(f"deleted {cache.clear(engine)} cached responses")
+    path = default_cache_path()
+    try:
+        stats = read_stats(path)
+        engines = [row["engine"] for row in stats["engines"]]
+        if engine is not None and engine not in engines:
+            known = ", ".join(engines) or "none, the cache is empty"
+            raise ConfigError(f"no cached responses of engine {engine!r} in {path}; engines cached: {known}")
+        if not stats["exists"]:
+            click.echo(f"nothing to delete: {path} does not exist")
+            return
+        what = f"the cached responses of {engine}" if engine else "every cached response"
+        if not yes and not click.confirm(f"Delete {what} in {path}?"):
+            return
+        click.echo(f"deleted {ResponseCache(path).clear(engine)} cached responses")
+    except CacheFileError as exc:
+        if exc.kind != "damaged":
+            raise
+        if engine is not None:
+            raise ConfigError(f"{exc}; a damaged cache cannot be cleared one engine at a time") from None
+        if not yes and not click.confirm(f"{path} is damaged. Delete it (the next run starts a new cache)?"):
+            return
+        remove_cache(path)
+        click.echo(f"deleted the damaged cache {path}; the next run starts a new one")
 
 
 @main.command("leaderboard")

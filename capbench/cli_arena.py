@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from capbench.cli_eval import benchmark_from, build_judges, caption_sets
+from capbench.cli_eval import _RichProgress, benchmark_from, build_judges, caption_sets, resolve_answer_mode
 from capbench.engines import DEFAULT_JUDGE
 from capbench.engines.cache import CachedEngine, ResponseCache
+from capbench.errors import ConfigError
 from capbench.evaluation import judge_usage
 from capbench.metrics.arena import ArenaConfig, PairJudge
 from capbench.runs import atomic_write_text, write_jsonl
 
+#: --answer-mode words (eval's vocabulary, and 'generate', the older name) -> the arena's answer modes.
+_ANSWER_MODES = {"letter": "generate", "generate": "generate", "loglik": "loglik"}
+
 
 def _pair_judge(opts: Mapping[str, Any]) -> tuple[PairJudge, dict[str, CachedEngine], str]:
     spec = opts.get("judge") or DEFAULT_JUDGE
-    mode = opts["answer_mode"]
-    if mode == "auto":  # the embedded 135M judge cannot write the verdict format reliably
-        mode = "loglik" if spec == DEFAULT_JUDGE else "generate"
     config = ArenaConfig(
         order=opts["order"],
         seed=opts["seed"],
-        answer_mode=mode,
+        answer_mode=_ANSWER_MODES[resolve_answer_mode(opts["answer_mode"], spec)],
         prompt_dir=str(opts["prompt_dir"]) if opts.get("prompt_dir") else None,
     )
     cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
@@ -39,14 +42,14 @@ def run_arena(opts: Mapping[str, Any]) -> None:
     """Run ``capbench arena``: battles between caption sets, then rankings with intervals."""
     from capbench.tournament import Tournament, plan, rank
 
-    pairs, judges, spec = _pair_judge(opts)
     benchmark = benchmark_from(opts)
+    _check_set_names(opts, benchmark.example_captions)
     sets = caption_sets(opts, benchmark.example_captions)
+    pairs, judges, spec = _pair_judge(opts)
     tournament = Tournament(benchmark, sets, judges, pairs, opts["results_dir"])
-    matches = plan(benchmark, sets, opts.get("budget"), opts["seed"])
-    console = Console(stderr=True)
-    with console.status(f"judging {len(matches)} battles with {spec}"):
-        battles = tournament.run(matches, opts["batch_size"], opts["overwrite"])
+    matches = plan(benchmark, sets, opts.get("budget"), opts["seed"], opts.get("limit"))
+    with _progress(opts["as_json"]) as progress:
+        battles = tournament.run(matches, opts["batch_size"], opts["overwrite"], progress)
     report = {"benchmark": benchmark.name, "judge": spec, "order": pairs.cfg.order, **rank(battles, opts["rounds"])}
     report["judge_usage"] = judge_usage(judges)
     atomic_write_text(tournament.folder / "rankings.json", json.dumps(report, indent=2) + "\n")
@@ -54,6 +57,40 @@ def run_arena(opts: Mapping[str, Any]) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     _print_rankings(report, tournament.folder)
+
+
+def _check_set_names(opts: Mapping[str, Any], examples: Mapping[str, Any]) -> None:
+    """Refuse a caption file given twice, or two sets of one name: arena names each set after its file."""
+    entries = [(Path(p).stem, Path(p), str(p)) for p in opts["caption_files"]]
+    if opts.get("example_captions"):
+        entries += [(name, Path(path), f"the benchmark's example set {name!r}") for name, path in examples.items()]
+    seen: dict[str, tuple[Path, str]] = {}
+    for name, path, label in entries:
+        if name in seen:
+            other, other_label = seen[name]
+            if path.resolve() == other.resolve():
+                also = "" if label == other_label else f" (as {other_label} too)"
+                raise ConfigError(f"{label} is entered twice{also}; enter each caption set once")
+            raise ConfigError(
+                f"two caption sets are named {name!r} ({other_label} and {label}); arena names each set after its "
+                "file, so copy or rename one of the files"
+            )
+        seen[name] = (path, label)
+
+
+@contextmanager
+def _progress(transient: bool) -> Iterator[_RichProgress]:
+    """Show a bar counting judge calls, with their total and an ETA (eval's bar); yield its receiver."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("judge calls ({task.fields[cached]} cached)"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=transient) as bar:
+        yield _RichProgress(bar)
 
 
 def _print_rankings(report: Mapping[str, Any], folder: Path) -> None:
@@ -86,9 +123,8 @@ def run_agreement(opts: Mapping[str, Any]) -> None:
     if opts.get("limit"):
         rows = rows[: opts["limit"]]
     pairs, judges, spec = _pair_judge(opts)
-    console = Console(stderr=True)
-    with console.status(f"judging {len(rows)} battles with {spec}"):
-        judged = judge_battles(rows, pairs, judges, opts.get("images_dir"))
+    with _progress(opts["as_json"]) as progress:
+        judged = judge_battles(rows, pairs, judges, opts.get("images_dir"), progress)
     report: dict[str, Any] = {"annotations": str(opts["annotations"]), "judge": spec, "order": pairs.cfg.order}
     report["caption_level"] = caption_agreement(judged)
     report["model_level"] = model_agreement(judged, opts["rounds"]) if _models(judged) >= 2 else None

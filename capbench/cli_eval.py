@@ -220,10 +220,24 @@ def run(opts: Mapping[str, Any]) -> None:
         report["generation"] = generation.to_dict()
     if opts["as_json"]:
         click.echo(json.dumps(report, indent=2))
+    else:
+        if generation is not None:
+            _report_generation(generation, False)
+        print_results(results, [m.name for m in metrics], benchmark, spec, modes)
+    check_failures(results, opts.get("fail_at", 1.0))
+
+
+def check_failures(results: Sequence[RunResult], fail_at: float) -> None:
+    """Exit with status 1 (one line on stderr) when a run's share of failed judge calls reaches ``fail_at``."""
+    over = [r for r in results if r.stats.get("failures", 0) and r.failed_share >= fail_at]
+    if not over:
         return
-    if generation is not None:
-        _report_generation(generation, False)
-    print_results(results, [m.name for m in metrics], benchmark, spec, modes)
+    worst = max(over, key=lambda r: r.failed_share)
+    raise click.ClickException(
+        f"{worst.stats['failures']} of {worst.stats['judge_calls']} judge calls failed in caption set "
+        f"{worst.caption_set!r} (first error: {worst.first_error}); fix the judge and rerun the same command: "
+        "only the failed calls are asked again"
+    )
 
 
 def generate_captions(
@@ -321,13 +335,22 @@ def print_results(
         _print_failed(console, results, metric, title)
         if metric == "captionqa":
             console.print(_domain_table(results, benchmark))
-    usage = Table("caption set", "judge calls", "cached", "prompt tok.", "output tok.", title="Judge usage",
-                  title_justify="left")  # fmt: skip
+    usage = Table("caption set", "judge calls", "failed", "cached", "prompt tok.", "output tok.",
+                  "retried samples", title="Judge usage", title_justify="left")  # fmt: skip
     for result in results:
         stats = result.stats
         usage.add_row(result.caption_set, *(str(stats.get(k, 0)) for k in
-                      ("judge_calls", "cache_hits", "prompt_tokens", "completion_tokens")))  # fmt: skip
+                      ("judge_calls", "failures", "cache_hits", "prompt_tokens", "completion_tokens")),
+                      str(sum(result.retried.values())))  # fmt: skip
     console.print(usage)
+    for result in results:
+        if result.first_error:
+            console.print(
+                f"  {result.caption_set}: {result.stats.get('failures', 0)} judge call(s) failed, first: "
+                f"{result.first_error}; rerun the same command to ask for them again",
+                style="red",
+                markup=False,
+            )
     console.print(f"results: {results[0].path.parent}")
 
 

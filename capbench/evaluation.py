@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from capbench import __version__
 from capbench.data import Benchmark
-from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response
+from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response, preflight
 from capbench.engines.cache import CachedEngine, CallStats
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash, sha256_text
@@ -43,10 +43,25 @@ class Progress(Protocol):
         ...
 
 
+class FailureWatch(EngineWrapper):
+    """An engine wrapper that keeps the first failed response's error, to show it with the counts."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.first_error: str | None = None
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        """Run the batch, noting the first error."""
+        responses = self.engine.run(requests, on_result)
+        if self.first_error is None:
+            self.first_error = next((r.error or "no response" for r in responses if not r.ok), None)
+        return responses
+
+
 class ProgressEngine(EngineWrapper):
     """An engine wrapper that reports each batch's size and each completed request."""
 
-    def __init__(self, engine: CachedEngine, progress: Progress) -> None:
+    def __init__(self, engine: Engine, progress: Progress) -> None:
         super().__init__(engine)
         self.progress = progress
 
@@ -73,6 +88,14 @@ class RunResult:
     stats: dict[str, Any]
     unscored: dict[str, int] = field(default_factory=dict)
     resumed: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
+
+    @property
+    def failed_share(self) -> float:
+        """Return the share of this session's judge calls that failed (0 when none was made)."""
+        calls = self.stats.get("judge_calls", 0)
+        return self.stats.get("failures", 0) / calls if calls else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (the ``--json`` output of one run)."""
@@ -83,7 +106,9 @@ class RunResult:
             "metrics": self.summaries,
             "unscored": self.unscored,
             "resumed_samples": self.resumed,
+            "retried_samples": self.retried,
             **self.stats,
+            "first_error": self.first_error,
         }
 
 
@@ -135,6 +160,21 @@ def run_config(benchmark: str, metric: Metric, judges: Mapping[str, Engine]) -> 
     }
 
 
+def config_changes(before: Any, after: Any, path: str = "") -> list[str]:
+    """Name what differs between two run configs, as ``key.path: old -> new`` lines."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        out: list[str] = []
+        for key in sorted(set(before) | set(after), key=str):
+            out += config_changes(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if before == after else [f"{path}: {_short(before)} -> {_short(after)}"]
+
+
+def _short(value: Any) -> str:
+    text = "unset" if value is None else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class Evaluator:
     """Scores caption sets with metrics and judges, one resumable run directory per set."""
 
@@ -152,8 +192,9 @@ class Evaluator:
         self.benchmark = benchmark
         self.metrics = list(metrics)
         self.cached_judges = dict(judges)
+        self.watches = {role: FailureWatch(j) for role, j in judges.items()}
         self.judges: dict[str, Engine] = (
-            {role: ProgressEngine(j, progress) for role, j in judges.items()} if progress else dict(judges)
+            {role: ProgressEngine(w, progress) for role, w in self.watches.items()} if progress else dict(self.watches)
         )
         self.results_dir = Path(results_dir)
         self.batch_size = max(1, batch_size)
@@ -166,12 +207,24 @@ class Evaluator:
         Every check runs before anything is written: a refused run leaves its folder as it was.
         """
         samples = select_samples(self.benchmark, captions, limit)
+        for judge in self.cached_judges.values():
+            preflight(judge)  # an unreachable or misconfigured judge is named before any work
         run = RunDir(self.results_dir, self.benchmark.name, captions.name)
+        with run.lock():  # one writer per folder: a second run is refused, naming this one
+            return self._evaluate(run, samples, captions, overwrite)
+
+    def _evaluate(self, run: RunDir, samples: list[Sample], captions: CaptionSet, overwrite: bool) -> RunResult:
         manifest = self._previous_manifest(run, overwrite)
         configs = {m.name: run_config(self.benchmark.name, m, self.judges) for m in self.metrics}
-        done = {
+        logged = {
             m.name: self._check(run, m, configs[m.name], manifest, samples, captions, overwrite) for m in self.metrics
         }
+        # A judge call that failed is never final: such samples are scored again, and the cache
+        # answers the calls that succeeded, so only the failed ones reach the judge.
+        done = {name: {k: s for k, s in scores.items() if not s.failed} for name, scores in logged.items()}
+        retried = {name: len(logged[name]) - len(done[name]) for name in logged}
+        for watch in self.watches.values():
+            watch.first_error = None
         metric_entries = {k: v for k, v in manifest.get("metrics", {}).items() if not (overwrite and k in done)}
         sessions = [] if overwrite else list(manifest.get("sessions", []))
         if overwrite:
@@ -180,7 +233,11 @@ class Evaluator:
         run.write_captions({s.id: captions.captions[s.id] for s in samples})
         if self.progress is not None:
             pending = {m.name: [s for s in samples if s.id not in done[m.name]] for m in self.metrics}
-            self.progress.start(captions.name, sum(m.planned_requests(pending[m.name]) for m in self.metrics))
+            planned = sum(
+                m.planned_requests(pending[m.name], [Caption(s.id, captions.captions[s.id]) for s in pending[m.name]])
+                for m in self.metrics
+            )
+            self.progress.start(captions.name, planned)
         before = {role: _snapshot(j.stats) for role, j in self.cached_judges.items()}
         started = time.time()
         summaries: dict[str, dict[str, Any]] = {}
@@ -206,7 +263,10 @@ class Evaluator:
             sessions.append({**session, **stats})
             run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status))
         resumed = {name: len(scores) for name, scores in done.items()}
-        return RunResult(captions.name, run.path, summaries, len(samples), stats, unscored, resumed)
+        first_error = next((w.first_error for w in self.watches.values() if w.first_error), None)
+        return RunResult(
+            captions.name, run.path, summaries, len(samples), stats, unscored, resumed, retried, first_error
+        )
 
     def _previous_manifest(self, run: RunDir, overwrite: bool) -> dict[str, Any]:
         """Return the folder's manifest; refuse one of another benchmark unless ``overwrite`` discards it."""
@@ -237,9 +297,12 @@ class Evaluator:
         done = run.scores(metric.name).load()
         previous = manifest.get("metrics", {}).get(metric.name)
         if done and previous is not None and previous.get("config_hash") != content_hash(config):
+            changes = config_changes({k: previous.get(k) for k in config}, config)
+            shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
             raise InputError(
-                f"{run.path}: its {metric.name} scores were made with other settings, judge or prompts; "
-                "rerun with --overwrite to replace them, or choose another --results-dir"
+                f"{run.path}: its {metric.name} scores were made with other settings, judge or prompts "
+                f"({shown or 'the stored settings cannot be compared'}); rerun with --overwrite to replace them, "
+                "or choose another --results-dir"
             )
         changed = [
             s.id for s in samples if s.id in done and done[s.id].caption_sha256 != sha256_text(captions.captions[s.id])

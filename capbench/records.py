@@ -113,7 +113,9 @@ class SampleScore:
 
     ``values`` holds the sample's numbers (None where nothing could be scored);
     ``details`` holds the per-judgment records, raw judge replies included;
-    ``unscored`` counts judgments that failed (engine error or unparseable reply).
+    ``unscored`` counts judgments that failed (engine error or unparseable reply);
+    ``failed`` counts those whose judge call failed (transport or engine error, no reply): such a
+    score is not final, and the next run of the same command asks again for exactly those calls.
     """
 
     sample_id: str
@@ -122,6 +124,7 @@ class SampleScore:
     details: Mapping[str, Any] = field(default_factory=dict)
     unscored: int = 0
     caption_sha256: str = ""
+    failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -130,6 +133,7 @@ class SampleScore:
             "metric": self.metric,
             "values": dict(self.values),
             "unscored": self.unscored,
+            "failed": self.failed,
             "caption_sha256": self.caption_sha256,
             "details": self.details,
         }
@@ -144,6 +148,7 @@ class SampleScore:
             details=dict(data.get("details", {})),
             unscored=int(data.get("unscored", 0)),
             caption_sha256=str(data.get("caption_sha256", "")),
+            failed=int(data.get("failed", 0)),
         )
 
 
@@ -162,13 +167,17 @@ def read_jsonl(path: str | os.PathLike[str], finished_only: bool = False) -> Ite
         raise InputError(f"{path}: no such file; check the path") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    lines = raw.split(b"\n")
+    lines = raw.removeprefix(_BOM).split(b"\n")
     if finished_only and raw and not raw.endswith(b"\n"):
         lines = lines[:-1]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         yield number, _decode_json_line(path, number, line)
+
+
+#: The UTF-8 byte-order mark that Excel and Windows tools write at the start of a file.
+_BOM = b"\xef\xbb\xbf"
 
 
 def _decode_json_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
@@ -196,7 +205,7 @@ def read_json_file(path: str | os.PathLike[str], what: str) -> Any:
     if not path.is_file():
         raise InputError(f"{path}: no such file; pass {what}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a leading byte-order mark is no error
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not readable JSON ({exc}); is this {what}?") from None
 
@@ -277,7 +286,7 @@ def _caption_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
 def _whole_json(path: Path) -> Any:
     """Return the file parsed as one JSON value, or None if it is JSONL (or not UTF-8)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a leading byte-order mark is no error
     except UnicodeDecodeError:
         return None  # the JSONL reader names the line
     except OSError as exc:

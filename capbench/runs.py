@@ -6,15 +6,21 @@ A run lives in ``<results>/<benchmark>/<caption set>/``:
 - ``<metric>.jsonl``: one :class:`~capbench.records.SampleScore` per line, appended and flushed
   as each batch of samples completes, so a killed run resumes where it stopped;
 - ``manifest.json``: what produced the scores (command, versions, judge fingerprints, prompt
-  hashes, metric settings), each session's timings and judge usage, and the summaries.
+  hashes, metric settings), each session's timings and judge usage, and the summaries;
+- ``.lock``, while a run writes: one writer per folder (:class:`RunLock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -131,11 +137,83 @@ class ScoreLog(JsonlLog):
         self.append_rows(s.to_dict() for s in scores)
 
 
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``<folder>/.lock``, which names its holder.
+
+    A second run into the same folder is refused with a message naming the process that writes
+    there. The kernel drops the lock when its process dies, however it dies, so a killed run
+    leaves no stale lock: the next run takes it over. The file is removed on release (and a
+    folder made only to hold it), so a refused or finished run leaves nothing behind.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / ".lock"
+        self._fd: int | None = None
+        self._made_folder = False
+
+    def __enter__(self) -> RunLock:
+        self._made_folder = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(self.path)
+                os.close(fd)
+                self._release_folder()
+                raise InputError(
+                    f"{self.folder}: another capbench run ({holder}) is writing here; wait for it to finish, "
+                    "or choose another --results-dir"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed the file between our open and our lock: try again
+                break
+            os.close(fd)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": sys.argv[:6]}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode("utf-8"))
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # before unlocking: a waiter then sees the file gone and retries
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+        self._release_folder()
+
+    def _release_folder(self) -> None:
+        if self._made_folder:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only if the run wrote nothing else there
+
+
+def _read_holder(path: Path) -> str:
+    """Describe the process named in a lock file, as well as it can be read."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder["since"])))
+        return f"pid {holder['pid']} on {holder['host']}, since {since}: {' '.join(map(str, holder['command']))}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not yet said who it is"
+
+
 class RunDir:
     """The folder of one caption set's results on one benchmark."""
 
     def __init__(self, results_dir: Path, benchmark: str, caption_set: str) -> None:
         self.path = Path(results_dir) / safe_name(benchmark) / safe_name(caption_set)
+
+    def lock(self) -> RunLock:
+        """Return the folder's writer lock (a context manager)."""
+        return RunLock(self.path)
 
     @property
     def manifest_path(self) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 
 from capbench.data import Benchmark
 from capbench.errors import InputError
-from capbench.evaluation import select_samples
+from capbench.evaluation import Progress, ProgressEngine, select_samples
 from capbench.hashing import content_hash, sha256_text
 from capbench.metrics.arena import PairJudge, PairTask
 from capbench.metrics.base import Judges
@@ -40,8 +40,18 @@ class Match:
         return (self.sample.id, self.a, self.b)
 
 
-def plan(benchmark: Benchmark, sets: Sequence[CaptionSet], budget: int | None = None, seed: int = 0) -> list[Match]:
-    """Return every pair of caption sets on every image both caption, or a seeded sample of ``budget``."""
+def plan(
+    benchmark: Benchmark,
+    sets: Sequence[CaptionSet],
+    budget: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+) -> list[Match]:
+    """Return every pair of caption sets on every image both caption, or a seeded sample of ``budget``.
+
+    With ``limit``, only the first ``limit`` images (in benchmark order) that have a battle take
+    part, as ``eval --limit`` scores only the first images a caption set covers.
+    """
     for caption_set in sets:
         select_samples(benchmark, caption_set)  # refuses ids the benchmark does not have
     names = sorted(s.name for s in sets)
@@ -54,6 +64,9 @@ def plan(benchmark: Benchmark, sets: Sequence[CaptionSet], budget: int | None = 
     ]
     if not matches and len(sets) > 1:
         raise InputError("no image is captioned by two of the caption sets, so there is nothing to compare")
+    if limit is not None:
+        kept = set(list(dict.fromkeys(m.sample.id for m in matches))[:limit])
+        matches = [m for m in matches if m.sample.id in kept]
     if budget is not None and budget < len(matches):
         matches = sorted(random.Random(f"arena-budget:{seed}").sample(matches, budget), key=lambda m: m.key)
     return matches
@@ -90,18 +103,32 @@ class Tournament:
             "judge_mode": mode,
         }  # fmt: skip
 
-    def run(self, matches: Sequence[Match], batch_size: int = 16, overwrite: bool = False) -> list[dict[str, Any]]:
-        """Judge the battles not yet stored, appending each batch; return every battle of ``matches``."""
+    def run(
+        self,
+        matches: Sequence[Match],
+        batch_size: int = 16,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> list[dict[str, Any]]:
+        """Judge the battles not yet stored, appending each batch; return every battle of ``matches``.
+
+        ``progress`` is told the judge calls the pending battles need (stored ones need none), then
+        each call as it completes.
+        """
         config = self.config()
         done = {} if overwrite else self._load(config)
         if overwrite:
             self.log.reset()
         atomic_write_text(self.folder / "config.json", json.dumps({**config, "hash": content_hash(config)}, indent=2))
         pending = [m for m in matches if self._row_key(m) not in done]
+        judges = self.judges
+        if progress is not None:
+            progress.start("arena", sum(len(self._task(m).orders) for m in pending))
+            judges = {role: ProgressEngine(judge, progress) for role, judge in self.judges.items()}
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             tasks = [self._task(m) for m in batch]
-            records, mode = self.pairs.judge(tasks, self.judges)
+            records, mode = self.pairs.judge(tasks, judges)
             rows = [self._row(m, r, mode) for m, r in zip(batch, records, strict=True)]
             self.log.append_rows(rows)
             done.update((self._row_key(m), row) for m, row in zip(batch, rows, strict=True))

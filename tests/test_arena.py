@@ -207,3 +207,22 @@ def test_cli_refuses_arena_without_baselines(tmp_path: Path):
     caps.write_text('{"image_path": "aar_test_04746.jpg", "caption": "A shelf."}\n')
     result = CliRunner().invoke(main, ["eval", "-b", "decapbench", "-c", str(caps), "-m", "arena"])
     assert result.exit_code != 0 and "needs baseline captions" in result.output
+
+
+def test_planned_requests_count_only_the_pairs_judged():
+    """A caption equal to its baseline is not judged, so the progress total leaves it out too."""
+    from capbench.data import load_benchmark
+    from capbench.metrics import build_metric
+    from capbench.records import read_caption_file
+
+    bench = load_benchmark("mini")
+    samples = list(bench.samples[:3])
+    short = read_caption_file(bench.example_captions["short"])  # itself one of the baselines
+    captions = [Caption(s.id, short.captions[s.id]) for s in samples]
+    judge = ScriptedEngine(prefers_longer)
+    for order, per_pair in (("both", 2), ("single", 1)):
+        metric = build_metric("arena", order=order)
+        judge.calls.clear()
+        metric.score(samples, captions, {"text": judge})
+        planned = metric.planned_requests(samples, captions)
+        assert planned == len(judge.calls) == per_pair * sum(len(s.baselines) - 1 for s in samples)

@@ -217,12 +217,13 @@ CASES = [
     Case("nul-escaped", captions('{"id": "moon", "caption": "a\\u0000b"}\n'), r"caption of id 'moon' holds a NUL"),
     # an escaped unpaired surrogate: a str that cannot be written back as UTF-8
     Case("lone-surrogate", captions('{"id": "moon", "caption": "a \\ud800 b"}\n'), r"'moon' holds an unpaired"),
-    # a 1 MB caption: the judge's context cannot hold it, so every question is a counted failure
+    # a 1 MB caption: the judge's context cannot hold it, so every question is a counted failure,
+    # and a run whose every judge call failed exits 1 (--fail-at's default)
     Case(
         "huge-caption",
         lambda d: ["-c", str(_write(d, "caps.json", json.dumps({"moon": _HUGE}))), "--judge", "ctx:20000"],
         None,
-        0,
+        1,
         ("captionqa", "failed", 13),
     ),
     # empty and whitespace-only captions
@@ -340,7 +341,7 @@ def test_bad_input(case: Case, tmp_path: Path):
         _assert_no_temporary_files(tmp_path)
     else:
         metric, key, count = case.counted  # type: ignore[misc]
-        [run] = json.loads(result.output)["runs"]
+        [run] = json.loads(result.stdout)["runs"]
         assert run["metrics"][metric][key] == count
         _assert_nothing_half_written(results_dir, tmp_path)
 

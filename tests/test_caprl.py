@@ -119,4 +119,6 @@ def test_registered_and_checked():
     assert isinstance(build_metric("caprl", samples=3), CapRL)
     with pytest.raises(ConfigError, match="samples"):
         CapRLConfig(samples=0)
-    assert CapRL().planned_requests([SAMPLE, Sample("t", None)]) == 8  # no questions, no draws
+    assert (
+        CapRL().planned_requests([SAMPLE, Sample("t", None)], [Caption("x", "a"), Caption("t", "b")]) == 8
+    )  # no questions, no draws

@@ -111,8 +111,12 @@ def test_changed_settings_or_captions_refuse_to_mix(tmp_path: Path):
     evaluator, _ = _evaluator(tmp_path)
     evaluator.evaluate(_detailed(), limit=2)
     other, _ = _evaluator(tmp_path, seed=1)
-    with pytest.raises(InputError, match="other settings, judge or prompts; rerun with --overwrite"):
+    with pytest.raises(InputError, match=r"other settings, judge or prompts \(config\.seed: 0 -> 1\); rerun with"):
         other.evaluate(_detailed(), limit=2)
+    judge = CachedEngine(ScriptedEngine(name="bigger"), ResponseCache())
+    swapped = Evaluator(load_benchmark("mini"), [build_metric("captionqa")], {"text": judge}, tmp_path / "results")
+    with pytest.raises(InputError, match=r"\(judges\.text\.model: scripted -> bigger\)"):
+        swapped.evaluate(_detailed(), limit=2)
     changed = CaptionSet("detailed", {**_detailed().captions, "astronaut": "Something else."}, "x")
     with pytest.raises(InputError, match="1 caption\\(s\\) differ"):
         evaluator.evaluate(changed, limit=2)

@@ -244,9 +244,24 @@ class EngineWrapper:
         """Return the wrapped engine's fingerprint: wrapping does not change outputs."""
         return self.engine.fingerprint()
 
+    def check(self) -> None:
+        """Run the wrapped engine's preflight check."""
+        preflight(self.engine)
+
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
         """Run the wrapped engine unchanged."""
         return self.engine.run(requests, on_result)
+
+
+def preflight(engine: Engine) -> None:
+    """Check, before any work, that ``engine`` can answer at all (an engine without ``check`` can).
+
+    Raises:
+        EngineError: the engine cannot be reached or is misconfigured; the message says how to fix it.
+    """
+    check = getattr(engine, "check", None)
+    if callable(check):
+        check()
 
 
 def request_key(fingerprint: Mapping[str, Any], request: Request) -> str:

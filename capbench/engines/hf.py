@@ -40,13 +40,12 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from capbench.engines.base import Choice, ImagePart, Message, OnResult, Request, Response, Sampling
 from capbench.engines.hf_checkpoint import limit_pixels, load_processor
 from capbench.engines.images import load_rgb as load_image
-from capbench.engines.models import folder_digest
+from capbench.engines.models import folder_digest, local_model_folder
 from capbench.errors import ConfigError, EngineError, MissingDependencyError
 from capbench.records import ImageRef
 
@@ -122,6 +121,8 @@ class HFEngine:
         attn_implementation: str | None = None,
         max_pixels: int | None = None,
     ) -> None:
+        # A mistyped path is named here, before transformers reads it as a hub id.
+        self.folder = local_model_folder(model, "hf engine")
         if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
             raise MissingDependencyError("transformers", "hf", "the hf engine")
         if dtype not in DTYPES:
@@ -133,7 +134,6 @@ class HFEngine:
         self.trust_remote_code = trust_remote_code
         self.attn_implementation = attn_implementation
         self.max_pixels = max_pixels
-        self.folder = Path(model).expanduser() if Path(model).expanduser().is_dir() else None
         config, self._commit = self._read_config()
         self.accepts_images = "vision_config" in config
         self._fingerprint: dict[str, Any] | None = None

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+from capbench.errors import ConfigError
 from capbench.hashing import sha256_file
 
 _WHOLE = 1 << 24  # files up to this size (configs, tokenizers, templates) are hashed whole
@@ -40,18 +43,74 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+# A hub id as huggingface_hub validates it: NAME or ORG/NAME, at most 96 characters.
+_HUB_ID = re.compile(r"(?:\w(?:[\w.-]*\w)?/)?\w(?:[\w.-]*\w)?", re.ASCII)
+_SEPARATORS = {"/", "\\", os.sep, os.altsep or os.sep}
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether ``model`` has the hub's ``NAME`` or ``ORG/NAME`` form."""
+    return (
+        len(model) <= 96
+        and _HUB_ID.fullmatch(model) is not None
+        and ".." not in model
+        and "--" not in model
+        and not model.endswith(".git")
+    )
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether ``model`` can only mean a local path: it starts like one, or has separators but no hub form."""
+    if model in (".", "..") or model.startswith(("/", "~", "./", "../", ".\\", "..\\")):
+        return True
+    return any(sep in model for sep in _SEPARATORS) and not is_hub_id(model)
+
+
+def local_model_folder(model: str, engine: str = "model", files_ok: tuple[str, ...] = ()) -> Path | None:
+    """Return the checkpoint folder ``model`` names, or None for a hub id (or an accepted file).
+
+    Checked before transformers or vLLM sees the name, so a mistyped path is one clear error
+    instead of a hub lookup's "Repo id must be in the form ..." traceback.
+
+    Args:
+        model: What the user gave: a hub id, a folder, ``~/...``.
+        engine: Who asks, for the message (e.g. "hf engine").
+        files_ok: File suffixes the engine loads as they are (vLLM's ``.gguf``).
+
+    Raises:
+        ConfigError: ``model`` is a file, or reads as a local path that does not exist.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        if path.suffix.lower() in files_ok:
+            return None
+        raise ConfigError(
+            f"{engine}: {model} is a file, not a model folder; give the checkpoint folder that holds its "
+            "config.json and weights, or a hub id (ORG/NAME)"
+        )
+    if looks_like_path(model):
+        where = "" if path.is_absolute() else f" (looked in {path.resolve()})"
+        raise ConfigError(
+            f"{engine}: model folder {model} not found{where}; check the path, or give a hub id as ORG/NAME"
+        )
+    return None
+
+
 def model_identity(model: str, revision: str | None = None) -> dict[str, Any]:
     """Return ``{"name", "source"}``: a short name, and the hub id@revision or the folder's content digest."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
+    path = local_model_folder(model, "vllm engine", files_ok=(".gguf",))
+    if path is None:
         return {"name": model, "source": f"{model}@{revision or 'main'}"}
     return {"name": path.resolve().name, "source": f"folder:{folder_digest(path)}"}
 
 
 def is_vision_model(model: str, revision: str | None = None) -> bool:
     """Whether the checkpoint has a vision tower (its config has a ``vision_config``)."""
+    folder = local_model_folder(model, "vllm engine", files_ok=(".gguf",))
     config = Path(model).expanduser() / "config.json"
-    if config.is_file():
+    if folder is not None and config.is_file():
         data = json.loads(config.read_text(encoding="utf-8"))
     else:
         from transformers import AutoConfig

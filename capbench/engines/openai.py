@@ -20,6 +20,10 @@ Servers differ in what they accept, and the engine copes with what the common on
 
 The API key is read from the environment at each run, never stored on the engine, and masked
 in every error message.
+
+The fingerprint (the cache key's half that says which judge answered) holds what the server says
+about the model it serves, asked once per engine; see :meth:`OpenAIEngine.fingerprint` for what
+that can and cannot see, and ``revision=`` to pin it by hand.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any, Literal
 
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, OnResult, Request, Response
 from capbench.engines.images import data_url
-from capbench.errors import ConfigError, MissingDependencyError
+from capbench.errors import ConfigError, EngineError, MissingDependencyError
 
 try:
     import httpx
@@ -51,6 +55,9 @@ JsonMode = Literal["json_schema", "json_object", "none"]
 #: A server asking to wait longer than this is as good as down; give up on it sooner.
 RETRY_AFTER_CEILING = 300.0
 _NEXT_JSON_MODE: dict[JsonMode, JsonMode] = {"json_schema": "json_object", "json_object": "none", "none": "none"}
+#: The fields of a ``GET /models`` entry that identify what is served. ``created`` and ``permission``
+#: are left out: vLLM and llama.cpp's server stamp them with the time of the request.
+SERVER_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len", "meta")
 
 
 def parse_base_urls(base_url: str | Sequence[str]) -> tuple[str, ...]:
@@ -193,13 +200,92 @@ class OpenAIEngine:
         self.json_mode: JsonMode = "none" if json_schema == "off" else "json_schema"
         #: HTTP calls sent to each base URL (retries and extra draws included), over all runs.
         self.calls_per_endpoint: Counter[str] = Counter()
+        #: The ``system_fingerprint`` values replies carried, counted (servers that send one).
+        self.system_fingerprints: Counter[str] = Counter()
+        #: Why the fingerprint could not see the server (None when it did, or was not asked).
+        self.server_note: str | None = None
+        #: What kept the server from being seen: unreachable, refused (401/403), unlisted, unsupported.
+        self.server_fault: str | None = None
+        self._fingerprint: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIEngine(model={self.model!r}, base_url={','.join(self.base_urls)!r})"
 
     def fingerprint(self) -> dict[str, Any]:
-        """Backend, model and revision: not the URLs, which may all serve the same model."""
-        return {"backend": self.backend, "model": self.model, "revision": self.revision}
+        """Backend, model, revision and what the servers say about the model; not the URLs.
+
+        Without a ``revision``, the first call asks each base URL once (``GET /models``) for the
+        model's entry (the only one listed, if none has its name) and keeps the fields in
+        :data:`SERVER_FIELDS` as ``server``: the weights' path and context length on vLLM, the
+        vocabulary, context and parameter counts on llama.cpp's server, the owner on OpenAI. A
+        server that cannot be asked (down, no ``/models``, the model not listed) gives
+        ``"server": "unseen"``, and :attr:`server_note` says why.
+
+        What it cannot see: anything a server does not list there, above all the chat template,
+        the system prompt and sampling defaults a server adds, and quantization not named in the
+        path. ``system_fingerprint`` comes only with replies, too late for a cache key; the engine
+        counts the values it sees in :attr:`system_fingerprints`. A given ``revision`` pins the
+        fingerprint by hand and the server is not asked: set it to a label of your own, and change
+        it whenever you change how the judge is served.
+        """
+        if self._fingerprint is None:
+            fingerprint = {"backend": self.backend, "model": self.model, "revision": self.revision}
+            if self.revision is None:
+                fingerprint["server"] = self._ask_servers()
+            self._fingerprint = fingerprint
+        return dict(self._fingerprint)
+
+    def _ask_servers(self) -> Any:
+        """Return each base URL's ``/models`` entry for the model (one if they agree), or "unseen"."""
+        key = os.environ.get(self.api_key_env, "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        entries: set[str] = set()
+        try:
+            with httpx.Client(headers=headers, timeout=min(self.timeout, 10.0)) as client:
+                for url in self.base_urls:
+                    reply = client.get(f"{url}/models")
+                    reply.raise_for_status()
+                    listing = reply.json()
+                    entry = _model_entry(listing, self.model)
+                    if entry is None:
+                        served = ", ".join(sorted(str(m.get("id")) for m in _entries(listing))) or "none"
+                        raise LookupError(f"{url}/models does not list {self.model!r} (it serves: {served})")
+                    entries.add(json.dumps({k: entry[k] for k in SERVER_FIELDS if k in entry}, sort_keys=True))
+        except (httpx.HTTPError, ValueError, LookupError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError):
+                status = exc.response
+                note = f"HTTP {status.status_code} {status.reason_phrase} from {exc.request.url}"
+            else:
+                note = " ".join(f"{type(exc).__name__}: {exc}".split())
+            self.server_note = note.replace(key, "***") if key else note
+            self.server_fault = _fault(exc)
+            return "unseen"
+        found = [json.loads(e) for e in sorted(entries)]
+        return found[0] if len(found) == 1 else found
+
+    def check(self) -> None:
+        """Refuse, before any work, a server that cannot be reached, refuses the key, or lacks the model.
+
+        A server without a usable ``GET /models`` passes: its first replies will tell. With
+        ``revision`` set the server is not asked for the fingerprint, so it is asked here.
+
+        Raises:
+            EngineError: the message names the server, what went wrong and the fix.
+        """
+        if self.revision is not None:
+            self._ask_servers()
+        else:
+            self.fingerprint()
+        fixes = {
+            "unreachable": "start the server, or fix --judge-base-url",
+            "refused": f"set the API key in ${self.api_key_env} (or choose the variable with api_key_env=)",
+            "unlisted": "fix the model name to one the server lists",
+        }
+        if self.server_fault in fixes:
+            where = ", ".join(self.base_urls)
+            raise EngineError(
+                f"openai:{self.model} at {where} cannot judge: {self.server_note}; {fixes[self.server_fault]}"
+            )
 
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
         """Answer a batch; works with or without an event loop running in this thread."""
@@ -295,6 +381,8 @@ class OpenAIEngine:
                 return Response(error=f"openai: {reply.message}")
             if not isinstance(reply.get("choices"), list) or not reply["choices"]:
                 return Response(error=f"openai: a reply without choices: {' '.join(str(reply).split())[:300]}")
+            if isinstance(reply.get("system_fingerprint"), str):
+                self.system_fingerprints[reply["system_fingerprint"]] += 1
             choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
             texts.extend((c.get("message") or {}).get("content") or "" for c in choices)
             usage = reply.get("usage") or {}
@@ -374,6 +462,31 @@ class OpenAIEngine:
             # Honour the server's wait, plus a little jitter so clients told the same do not collide.
             return min(retry_after, RETRY_AFTER_CEILING) + random.uniform(0.0, self.backoff)
         return backoff_delay(attempt, self.backoff, self.backoff_cap)
+
+
+def _fault(exc: Exception) -> str:
+    """Classify why ``GET /models`` failed: unreachable, refused (the key), unlisted (no such model), unsupported."""
+    if isinstance(exc, httpx.TransportError):
+        return "unreachable"
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
+        return "refused"
+    if isinstance(exc, LookupError):
+        return "unlisted"
+    return "unsupported"
+
+
+def _entries(listing: Any) -> list[dict[str, Any]]:
+    """Return the model entries of a ``GET /models`` reply."""
+    items = listing.get("data") if isinstance(listing, dict) else None
+    return [m for m in items if isinstance(m, dict)] if isinstance(items, list) else []
+
+
+def _model_entry(listing: Any, model: str) -> dict[str, Any] | None:
+    """Return the entry of ``model`` in a ``GET /models`` reply, or the only entry, or None."""
+    entries = _entries(listing)
+    named = [m for m in entries if m.get("id") == model]
+    # llama.cpp's servers answer every request with their one model, whatever it is called.
+    return named[0] if named else (entries[0] if len(entries) == 1 else None)
 
 
 def _http_failure(reply: httpx.Response, url: str, sent_format: bool) -> _Failure:

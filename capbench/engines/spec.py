@@ -23,6 +23,8 @@ from typing import Any
 from capbench.errors import ConfigError
 
 _SECRET_WORDS = ("key", "token", "secret", "password")
+#: Engines whose model is a hub id or a checkpoint folder -> the model files they also load as they are.
+_CHECKPOINT_FILES: dict[str, tuple[str, ...]] = {"hf": (), "vllm": (".gguf",)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ def parse_engine(spec: str, options: Sequence[str] = (), base_url: str | None = 
         merged = {}
     if backend not in ENGINES:
         raise ConfigError(f"unknown engine {backend!r} in {spec!r}; choose one of: {', '.join(sorted(ENGINES))}")
+    if backend in _CHECKPOINT_FILES:  # a mistyped folder is named now, not by the hub lookup after a load
+        from capbench.engines.models import local_model_folder
+
+        local_model_folder(model, f"{backend} engine", _CHECKPOINT_FILES[backend])
     merged.update(parse_options(options))
     if base_url:
         merged["base_url"] = base_url

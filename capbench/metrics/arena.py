@@ -261,10 +261,14 @@ class Arena:
         """Return the hashes of the prompt templates in use."""
         return self.pairs.prompt_hashes()
 
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
-        """Judgments per baseline and order (an upper bound: a caption equal to its baseline is skipped)."""
+    def planned_requests(self, samples: Sequence[Sample], captions: Sequence[Caption]) -> int:
+        """Judgments per baseline and order; a caption equal to its baseline is not judged (as in ``score``)."""
         per_pair = 2 if self.cfg.order == "both" else 1
-        return per_pair * sum(len(s.baselines) for s in samples)
+        return per_pair * sum(
+            text.strip() != caption.text.strip()
+            for sample, caption in zip(samples, captions, strict=True)
+            for text in sample.baselines.values()
+        )
 
     def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:
         """Judge every (caption, baseline) pair of the batch in one run, then score each sample."""
@@ -330,6 +334,7 @@ def _sample_score(
         "losses": float(sum(o == 0.0 for o in valid)),
         "ties": float(sum(o == 0.5 for o in valid)),
     }
-    failed = sum(1 for p in pairs if not p.get("self") and p["outcome"] is None)
+    unscored = sum(1 for p in pairs if not p.get("self") and p["outcome"] is None)
+    calls_failed = sum(1 for p in pairs for o in p.get("orders", ()) if o.get("reply") is None and "error" in o)
     details = {"pairs": pairs, "judge_mode": mode, "caption_words": len(caption.text.split())}
-    return SampleScore(sample.id, metric, values, details, failed, sha256_text(caption.text))
+    return SampleScore(sample.id, metric, values, details, unscored, sha256_text(caption.text), calls_failed)

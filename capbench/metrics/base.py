@@ -38,8 +38,8 @@ class Metric(Protocol):
         """Return the SHA-256 of each prompt template the metric uses."""
         ...
 
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
-        """Return how many judge requests scoring ``samples`` will make (0 if unknown ahead)."""
+    def planned_requests(self, samples: Sequence[Sample], captions: Sequence[Caption]) -> int:
+        """Return how many judge requests scoring ``captions[i]`` of ``samples[i]`` will make (0 if unknown ahead)."""
         ...
 
     def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Judges) -> list[SampleScore]:

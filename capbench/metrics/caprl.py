@@ -99,7 +99,7 @@ class CapRL:
         """Return the hashes of the prompt templates in use (CaptionQA's)."""
         return self._qa.prompt_hashes()
 
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
+    def planned_requests(self, samples: Sequence[Sample], captions: Sequence[Caption]) -> int:
         """N requests per captioned sample with questions (2N in loglik mode)."""
         per_draw = 2 if self.cfg.answer_mode == "loglik" else 1
         return per_draw * self.cfg.samples * sum(1 for s in samples if s.questions)
@@ -170,6 +170,7 @@ class CapRL:
             details={"domain": sample.domain, "draws": records},
             unscored=len(records) - len(scored),
             caption_sha256=sha256_text(caption.text),
+            failed=sum(r["status"] == "failed" for r in records),
         )
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:

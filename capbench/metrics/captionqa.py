@@ -252,7 +252,7 @@ class CaptionQA:
         messages = (Message.text("system", self._system.render()), Message.text("user", user))
         return Request(messages, Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature, seed=seed))
 
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
+    def planned_requests(self, samples: Sequence[Sample], captions: Sequence[Caption]) -> int:
         """One request per question (two in loglik mode: with and without the caption)."""
         per_question = 2 if self.cfg.answer_mode == "loglik" else 1
         return per_question * sum(len(s.questions) for s in samples)
@@ -325,6 +325,7 @@ class CaptionQA:
             details={"domain": sample.domain, "questions": records},
             unscored=len(records) - len(scored),
             caption_sha256=sha256_text(caption.text),
+            failed=sum(r["status"] == "failed" for r in records),
         )
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:

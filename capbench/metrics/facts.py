@@ -505,7 +505,7 @@ class FactMetric:
         """Return the hashes of the templates of the metric's stages (decomposition included)."""
         return self.pipeline.prompt_hashes(self.stages)
 
-    def planned_requests(self, samples: Sequence[Sample]) -> int:
+    def planned_requests(self, samples: Sequence[Sample], captions: Sequence[Caption]) -> int:
         """Decompose, match and verify (and rate) per caption, one more per reference to decompose."""
         per_caption = 3 + int(self.linguistic)
         return sum(per_caption + (0 if s.reference_facts else 1) for s in samples)
@@ -537,4 +537,5 @@ class FactMetric:
             details={**judgments.log(), "error": error, "references": len(judgments.references)},
             unscored=len(judgments.failures) + (1 if error else 0),
             caption_sha256=sha256_text(caption.text),
+            failed=sum(f["raw"] is None for f in judgments.failures),
         )
