@@ -101,7 +101,10 @@ def caption_sets(
     names = [s.name for s in sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ConfigError(f"two caption sets are named {duplicates[0]!r}; rename a file or use --name")
+        raise ConfigError(
+            f"two caption sets are named {duplicates[0]!r}; copy or rename one of the files "
+            "(--name names a set only when you score one)"
+        )
     return sets
 
 
@@ -344,6 +347,11 @@ def print_results(
                       str(sum(result.retried.values())))  # fmt: skip
     console.print(usage)
     for result in results:
+        skipped = result.stats.get("cache_write_failures", 0) + result.stats.get("cache_read_failures", 0)
+        if skipped:
+            console.print(
+                f"  {result.caption_set}: the judge-call cache was skipped {skipped} time(s) (see the warning)"
+            )
         if result.first_error:
             console.print(
                 f"  {result.caption_set}: {result.stats.get('failures', 0)} judge call(s) failed, first: "

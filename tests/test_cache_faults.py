@@ -214,6 +214,9 @@ def test_full_disk_through_the_cli_scores_and_saves_everything(monkeypatch, tmp_
     assert len(lines) == 18
     manifest = json.loads((tmp_path / "mini" / "short" / "manifest.json").read_text())
     assert "cache_write_failures" in json.dumps(manifest)
+    with pytest.warns(CacheWarning):
+        table = _cli(*_eval(tmp_path / "again")[:-1])  # the printed tables say so too
+    assert "short: the judge-call cache was skipped 252 time(s)" in table.output
 
 
 def test_a_real_full_file_system(tmp_path: Path):
