@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from capbench.cli_eval import _RichProgress, benchmark_from, build_judges, caption_sets, resolve_answer_mode
+from capbench.cli_eval import benchmark_from, build_judges, caption_sets, judge_progress, resolve_answer_mode
 from capbench.engines import DEFAULT_JUDGE
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.errors import ConfigError
@@ -48,7 +46,7 @@ def run_arena(opts: Mapping[str, Any]) -> None:
     pairs, judges, spec = _pair_judge(opts)
     tournament = Tournament(benchmark, sets, judges, pairs, opts["results_dir"])
     matches = plan(benchmark, sets, opts.get("budget"), opts["seed"], opts.get("limit"))
-    with _progress(opts["as_json"]) as progress:
+    with judge_progress(Console(stderr=True), opts["as_json"]) as progress:
         battles = tournament.run(matches, opts["batch_size"], opts["overwrite"], progress)
     report = {"benchmark": benchmark.name, "judge": spec, "order": pairs.cfg.order, **rank(battles, opts["rounds"])}
     report["judge_usage"] = judge_usage(judges)
@@ -76,21 +74,6 @@ def _check_set_names(opts: Mapping[str, Any], examples: Mapping[str, Any]) -> No
                 "file, so copy or rename one of the files"
             )
         seen[name] = (path, label)
-
-
-@contextmanager
-def _progress(transient: bool) -> Iterator[_RichProgress]:
-    """Show a bar counting judge calls, with their total and an ETA (eval's bar); yield its receiver."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("judge calls ({task.fields[cached]} cached)"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=transient) as bar:
-        yield _RichProgress(bar)
 
 
 def _print_rankings(report: Mapping[str, Any], folder: Path) -> None:
@@ -123,7 +106,7 @@ def run_agreement(opts: Mapping[str, Any]) -> None:
     if opts.get("limit"):
         rows = rows[: opts["limit"]]
     pairs, judges, spec = _pair_judge(opts)
-    with _progress(opts["as_json"]) as progress:
+    with judge_progress(Console(stderr=True), opts["as_json"]) as progress:
         judged = judge_battles(rows, pairs, judges, opts.get("images_dir"), progress)
     report: dict[str, Any] = {"annotations": str(opts["annotations"]), "judge": spec, "order": pairs.cfg.order}
     report["caption_level"] = caption_agreement(judged)

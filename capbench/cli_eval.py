@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -200,16 +201,7 @@ def run(opts: Mapping[str, Any]) -> None:
     with console.status(f"loading judge {spec}"):
         judges = build_judges(opts, cache)
     results: list[RunResult] = []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("judge calls ({task.fields[cached]} cached)"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=opts["as_json"]) as bar:
-        progress = _RichProgress(bar)
+    with judge_progress(console, opts["as_json"]) as progress:
         evaluator = Evaluator(benchmark, metrics, judges, opts["results_dir"], opts["batch_size"], progress)
         for caption_set in sets:
             results.append(evaluator.evaluate(caption_set, opts.get("limit"), opts["overwrite"]))
@@ -241,6 +233,21 @@ def check_failures(results: Sequence[RunResult], fail_at: float) -> None:
         f"{worst.caption_set!r} (first error: {worst.first_error}); fix the judge and rerun the same command: "
         "only the failed calls are asked again"
     )
+
+
+@contextmanager
+def judge_progress(console: Console, transient: bool) -> Iterator[_RichProgress]:
+    """Show a bar counting judge calls, with their total, cache hits and an ETA; yield its receiver."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("judge calls ({task.fields[cached]} cached)"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=transient) as bar:
+        yield _RichProgress(bar)
 
 
 def generate_captions(
