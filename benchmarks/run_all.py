@@ -3,9 +3,10 @@
 Usage: python benchmarks/run_all.py [--all] [--official DIR] [--only NAME,...]
 
 Fast set (minutes on 2 CPU cores): overhead (instant judge at 10/100/1,000 captions, and the
-embedded judge on 1 caption), judge_cost, core (--quick: one image per caption set) and
-leaderboard. --all adds the real judge on 3 captions, core on all 18 images, and the benchmarks
-that need a GPU or take long (vllm_captionqa, hf_captioning --size tiny, hostile).
+embedded judge on 1 caption), judge_cost, core (--quick: one image per caption set),
+leaderboard and robustness (the count of bad-input and fault kinds the tests cover). --all adds
+the real judge on 3 captions, core on all 18 images, and the benchmarks that need a GPU or take
+long (vllm_captionqa, hf_captioning --size tiny, hostile).
 
 --official DIR (or $CAPBENCH_OFFICIAL_REPOS) is a folder holding clones or bare git mirrors of
 the official repositories (names containing DeCapBench, CaptionQA, CapArena); judge_cost reads
@@ -57,6 +58,7 @@ def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
         "judge_cost": ["judge_cost.py", *official_repos(official)],
         "core": ["core.py"] if everything else ["core.py", "--quick"],
         "leaderboard": ["leaderboard.py"],
+        "robustness": ["robustness.py"],
     }
     if everything:
         runs["vllm_captionqa"] = ["vllm_captionqa.py"]
@@ -89,7 +91,7 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
-    lines += _overhead() + _judge_cost() + _throughput() + _core() + _leaderboard() + _hostile()
+    lines += _robustness() + _overhead() + _judge_cost() + _throughput() + _core() + _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +179,22 @@ def _throughput() -> list[str]:
         lines.append(f"| {label} | {report[key]:.1f} s | {per_minute:.2f} | {report[key] / report['raw_vllm_s']:.2f} |")
     spread = 100 * (report["run_spread"] - 1)
     return [*lines, "", f"Runs of one way differ by up to {spread:.0f}%: ratios inside that are noise.", ""]
+
+
+def _robustness() -> list[str]:
+    found = load("robustness")
+    if found is None:
+        return []
+    report, written = found
+    totals = report["totals"]
+    return [
+        f"## Bad inputs, hostile captions and faults (robustness.md, {written})",
+        "",
+        f"The test suite puts capbench through **{report['all']} kinds in all**: {totals.get('bad input', 0)} kinds "
+        f"of bad input, {totals.get('hostile caption', 0)} of hostile caption and {totals.get('fault', 0)} of fault "
+        f"(each a one-line error, a counted failure, or a run that loses nothing), in {len(report['suites'])} suites.",
+        "",
+    ]
 
 
 def _hostile() -> list[str]:

@@ -1,6 +1,8 @@
 """Training data: (image, reference caption) pairs as TRL's conversational prompts.
 
-From a capbench benchmark (capbench-mini works as a toy training set), or from a JSONL file of
+From a capbench benchmark (capbench-mini works as a toy training set; the recipe's ``images_dir``,
+``benchmark_file``, ``dataset`` and ``split`` reach its loader as ``capbench eval``'s options of
+those names do), or from a JSONL file of
 ``{"image": path, "caption": reference}`` lines (ShareGPT4V-style captions flattened to that;
 optional ``id``, ``facts`` and ``questions`` as in capbench's sample records). Each row holds
 the prompt (a user turn with the image and the instruction), the image, and the columns the
@@ -14,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from capbench.data import load_benchmark
-from capbench.errors import ConfigError, InputError
+from capbench.errors import ConfigError, InputError, MissingDependencyError
 from capbench.records import Question, read_jsonl
 from capbench_rl.recipe import QA_REWARDS, Recipe
+
+#: `capbench eval` options a benchmark loader's errors name -> the recipe field that sets each.
+_FIELD_OF_FLAG = {
+    "--images-dir": "images_dir",
+    "--data-file": "benchmark_file",
+    "--dataset": "dataset",
+    "--split": "split",
+}
 
 
 def rows(recipe: Recipe) -> list[dict[str, Any]]:
@@ -26,7 +36,7 @@ def rows(recipe: Recipe) -> list[dict[str, Any]]:
         InputError: a JSONL line without an image or caption, or an image that is not there.
         ConfigError: a question-answering reward over data that holds no questions.
     """
-    out = _benchmark_rows(recipe.benchmark) if recipe.benchmark is not None else _file_rows(Path(str(recipe.data_file)))
+    out = _benchmark_rows(recipe) if recipe.benchmark is not None else _file_rows(Path(str(recipe.data_file)))
     if not out:
         raise InputError("the recipe's data holds no (image, reference caption) pair")
     out = out[: recipe.limit] if recipe.limit else out
@@ -41,8 +51,21 @@ def rows(recipe: Recipe) -> list[dict[str, Any]]:
     return out
 
 
-def _benchmark_rows(name: str) -> list[dict[str, Any]]:
-    bench = load_benchmark(name, with_images=True)
+def _benchmark_rows(recipe: Recipe) -> list[dict[str, Any]]:
+    assert recipe.benchmark is not None
+    try:
+        bench = load_benchmark(
+            recipe.benchmark,
+            with_images=True,
+            images_dir=recipe.images_dir,
+            data_file=recipe.benchmark_file,
+            dataset=recipe.dataset,
+            split=recipe.split,
+        )
+    except MissingDependencyError:
+        raise
+    except (ConfigError, InputError) as exc:
+        raise type(exc)(recipe_words(str(exc))) from None
     return [
         {
             "sample_id": s.id,
@@ -55,6 +78,13 @@ def _benchmark_rows(name: str) -> list[dict[str, Any]]:
         for s in bench.samples
         if s.image is not None and s.reference_caption.strip()
     ]
+
+
+def recipe_words(message: str) -> str:
+    """A loader's message with each `capbench eval` option it names replaced by the recipe field that sets it."""
+    for flag, name in _FIELD_OF_FLAG.items():
+        message = message.replace(flag, f"recipe field {name}")
+    return message
 
 
 def _file_rows(path: Path) -> list[dict[str, Any]]:

@@ -41,7 +41,11 @@ def eval_command(recipe: Recipe, checkpoint: Path, name: str) -> list[str]:
         command += ["--model-opt", option]
     if recipe.vision_judge:
         command += ["--vision-judge", recipe.vision_judge]
-    for flag, value in (("--dataset", recipe.eval_dataset), ("--split", recipe.eval_split)):
+    for flag, value in (
+        ("--dataset", recipe.eval_dataset),
+        ("--split", recipe.eval_split),
+        ("--images-dir", recipe.eval_images_dir),
+    ):
         if value:
             command += [flag, value]
     if recipe.eval_limit:

@@ -9,10 +9,12 @@ value the BalCapRL paper does not state as capbench's assumption.
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from capbench.errors import ConfigError
 
@@ -22,6 +24,13 @@ REWARDS = (
 )  # fmt: skip
 #: Rewards that ask questions about the image: the data must carry them.
 QA_REWARDS = ("caprl_qa_utility", "captionqa")
+#: Recipe fields that are GRPOConfig fields of the same name.
+TRL_FIELDS = (
+    "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",
+    "learning_rate", "beta", "max_steps", "num_train_epochs", "seed", "use_cpu", "bf16", "save_steps",
+)  # fmt: skip
+#: Fields that only a benchmark's loader reads (as the `capbench eval` option of the same name).
+BENCHMARK_OPTIONS = ("images_dir", "benchmark_file", "dataset", "split")
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,14 @@ class Recipe:
     """Training data from a capbench benchmark (samples with images and reference captions) ..."""
     data_file: str | None = None
     """... or from a JSONL file of {"image": path, "caption": reference} lines (relative paths: to the file)."""
+    images_dir: str | None = None
+    """Folder of the benchmark's images where it bundles none, e.g. decapbench (`capbench eval --images-dir`)."""
+    benchmark_file: str | None = None
+    """The benchmark's own data file, e.g. caparena_auto_600.json (`capbench eval --data-file`)."""
+    dataset: str | None = None
+    """The benchmark's data as a hub id or local folder, for captionqa (`capbench eval --dataset`)."""
+    split: str | None = None
+    """The benchmark's split, for captionqa (`capbench eval --split`)."""
     limit: int | None = None
     """Use only the first N training samples."""
     prompt: str = "Describe this image in detail."
@@ -96,6 +113,8 @@ class Recipe:
     """Its data: a hub id or local folder (as `capbench eval --dataset`), where the benchmark needs one."""
     eval_split: str | None = None
     """Its split (as `capbench eval --split`)."""
+    eval_images_dir: str | None = None
+    """Its images, where the benchmark does not bundle them (as `capbench eval --images-dir`)."""
     eval_limit: int | None = None
     """Evaluate on the first N held-out samples only."""
     eval_metrics: list[str] = field(default_factory=lambda: ["balcap"])
@@ -108,6 +127,7 @@ class Recipe:
     """Further GRPOConfig settings, passed as they are (e.g. use_vllm, vllm_mode, gradient_accumulation_steps)."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         unknown = sorted(set(self.rewards) - set(REWARDS))
         if unknown or not self.rewards:
             raise ConfigError(f"recipe rewards {unknown or '{}'}: choose from {', '.join(REWARDS)}")
@@ -121,8 +141,33 @@ class Recipe:
             raise ConfigError("num_generations must be >= 2: group normalisation needs a group")
         if self.caprl_samples < 1:
             raise ConfigError(f"caprl_samples must be >= 1, got {self.caprl_samples}")
+        if self.data_file is not None:
+            given = [name for name in BENCHMARK_OPTIONS if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} go with benchmark, not data_file (it names its own images)")
+        if self.benchmark is not None:
+            from capbench.data import BENCHMARKS
+
+            if self.benchmark not in BENCHMARKS:
+                raise ConfigError(f"benchmark {self.benchmark!r} is unknown; choose from {', '.join(BENCHMARKS)}")
         if self.eval_benchmark is not None:
             self._check_evaluation()
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type (YAML or --set gave text where a number belongs, …) by field name."""
+        hints = typing.get_type_hints(Recipe)
+        for item in fields(self):
+            value = getattr(self, item.name)
+            hint = hints[item.name]
+            if isinstance(value, str) and _accepts(hint, float) and _number(value) is not None:
+                # PyYAML reads 1e-6 (no dot) as text: take it as the number it is
+                object.__setattr__(self, item.name, value := _number(value))
+            expected = _expected(value, hint)
+            if expected is not None:
+                raise ConfigError(
+                    f"recipe field {item.name} must be {expected}, not {value!r}; "
+                    f"fix it in the recipe or with --set {item.name}={_example(hint)}"
+                )
 
     def _check_evaluation(self) -> None:
         """Refuse an evaluation that could only fail at the first checkpoint, hours into training."""
@@ -138,6 +183,78 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Return the recipe as a JSON-ready dict (it is saved beside the run's outputs)."""
         return asdict(self)
+
+
+_KINDS: dict[Any, tuple[str, str, str]] = {
+    # type -> (a value of it, several of them, an example as --set takes it)
+    int: ("an integer", "integers", "10"),
+    float: ("a number", "numbers", "0.5"),
+    bool: ("true or false", "true/false values", "true"),
+    str: ("a string", "strings", "TEXT"),
+}
+
+
+def _expected(value: Any, hint: Any) -> str | None:
+    """What a value of type ``hint`` must be, or None when ``value`` is one."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        wanted = [_expected(value, a) for a in args if a is not type(None)]
+        if None in wanted:
+            return None
+        return " or ".join(str(w) for w in wanted) + (" or null" if type(None) in args else "")
+    if origin is Literal:
+        return None if value in args else "one of " + ", ".join(str(a) for a in args)
+    if origin is list:
+        if isinstance(value, list) and all(_expected(v, args[0]) is None for v in value):
+            return None
+        return f"a list of {_KINDS[args[0]][1]}"
+    if origin is dict:
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and _expected(v, args[1]) is None for k, v in value.items()
+        ):
+            return None
+        return "a mapping of names to " + ("values" if args[1] is Any else _KINDS[args[1]][1])
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    return None if ok else _KINDS[hint][0]
+
+
+def _accepts(hint: Any, kind: type) -> bool:
+    """Whether ``hint`` is ``kind``, or ``kind`` or None."""
+    return hint is kind or set(typing.get_args(hint)) == {kind, type(None)}
+
+
+def _number(text: str) -> float | None:
+    """``text`` as a finite number, or None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if number not in (float("inf"), float("-inf")) and number == number else None
+
+
+def _example(hint: Any) -> str:
+    """A value of type ``hint`` as --set takes it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return _example(next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        return str(args[0])
+    if origin is list:
+        return f"[{_KINDS[args[0]][2]}]"
+    if origin is dict:
+        return "{NAME: " + ("VALUE" if args[1] is Any else _KINDS[args[1]][2]) + "}"
+    return _KINDS.get(hint, ("", "", "VALUE"))[2]
 
 
 def bundled(name: str) -> Path:
@@ -163,11 +280,16 @@ def load_recipe(source: str, overrides: list[str] | tuple[str, ...] = ()) -> Rec
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not readable YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of field names to values, not {type(data).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value (e.g. max_steps=10)")
-        data[key.strip()] = yaml.safe_load(value)
+        try:
+            data[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: its value is not readable YAML; quote text (prompt='…')") from None
     known = {f.name for f in fields(Recipe)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -21,16 +21,11 @@ from typing import Any
 from capbench.errors import ConfigError
 from capbench.runs import JsonlLog, atomic_write_text
 from capbench_rl import rewards as R
+from capbench_rl.checks import check_recipe
 from capbench_rl.data import dataset
 from capbench_rl.evaluate import CheckpointEval, callback_base
-from capbench_rl.recipe import Recipe
+from capbench_rl.recipe import TRL_FIELDS, Recipe
 from capbench_rl.timing import PhaseTimer
-
-#: Recipe fields that are GRPOConfig fields of the same name.
-_TRL_FIELDS = (
-    "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",
-    "learning_rate", "beta", "max_steps", "num_train_epochs", "seed", "use_cpu", "bf16", "save_steps",
-)  # fmt: skip
 
 
 def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
@@ -65,24 +60,29 @@ def build_trainer(recipe: Recipe) -> Any:
 
     from capbench.engines.hf_checkpoint import load_processor
 
+    check_recipe(recipe)
     funcs, weights = reward_functions(recipe)
-    config = GRPOConfig(
-        **{name: getattr(recipe, name) for name in _TRL_FIELDS},
-        reward_weights=weights,
-        multi_objective_aggregation=recipe.aggregation,
-        log_completions=True,
-        logging_steps=1,
-        report_to=[],
-        **recipe.trl,
-    )
+    try:
+        config = GRPOConfig(
+            **{name: getattr(recipe, name) for name in TRL_FIELDS},
+            reward_weights=weights,
+            multi_objective_aggregation=recipe.aggregation,
+            log_completions=True,
+            logging_steps=1,
+            report_to=[],
+            **recipe.trl,
+        )
+    except (TypeError, ValueError) as exc:  # TRL's and transformers' own cross-field checks
+        raise ConfigError(f"TRL refuses the recipe's settings: {exc}") from None
+    data = dataset(recipe)  # before the policy loads: bad data fails in seconds, not after the model
     try:
         processor = load_processor(recipe.model)
-    except OSError as exc:  # a missing folder or an unknown hub id
+    except (OSError, ValueError) as exc:  # a hub id that is not there, or a folder that holds no checkpoint
         raise ConfigError(
             f"cannot load the policy {recipe.model!r} ({exc}); set model to a checkpoint folder or hub id"
         ) from None
     trainer = GRPOTrainer(
-        model=recipe.model, reward_funcs=funcs, args=config, train_dataset=dataset(recipe), processing_class=processor
+        model=recipe.model, reward_funcs=funcs, args=config, train_dataset=data, processing_class=processor
     )
     trainer.add_callback(RolloutLog(trainer, recipe, PhaseTimer(trainer)))
     if recipe.eval_benchmark is not None:
@@ -92,6 +92,7 @@ def build_trainer(recipe: Recipe) -> Any:
 
 def train(recipe: Recipe) -> dict[str, Any]:
     """Train; return the last step's log entry."""
+    check_recipe(recipe)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, sort_keys=True) + "\n")

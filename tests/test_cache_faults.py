@@ -38,6 +38,21 @@ from capbench.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "capbench" / "data" / "mini" / "captions"
 FP = {"backend": "t", "model": "m"}
+#: The kinds of fault this file covers (counted in benchmarks/results/robustness.md).
+KINDS = (
+    "CAPBENCH_HOME is a file, or has a file above it",
+    "CAPBENCH_HOME must be made on a read-only file system",
+    "CAPBENCH_HOME exists and is read-only",
+    "disk full mid-run (simulated and a real 1 MiB tmpfs)",
+    "cache write-locked by another process mid-run",
+    "cache read that cannot get the lock",
+    "cache locked when opened",
+    "cache damaged in the middle (eval, stats, clear)",
+    "cache file of random bytes",
+    "cache clear --engine naming an engine with no entries",
+    "cache stats / clear on an empty home",
+    "cache stats on a read-only home",
+)
 
 
 def _request(text: str) -> Request:

@@ -23,6 +23,20 @@ from capbench.tournament import Tournament, plan
 
 pytestmark = pytest.mark.cli
 
+#: The kinds of bad input this file covers (counted in benchmarks/results/robustness.md).
+KINDS = (
+    "model or judge path that does not exist",
+    "model path that is a file",
+    "prompt template missing a placeholder",
+    "prompt template with a placeholder never filled",
+    "prompt template with a stray $",
+    "prompt file that replaces no template",
+    "prompt folder that does not exist",
+    "prompt template that is not UTF-8",
+    "the same caption file twice in arena",
+    "two caption sets of one name in arena",
+)
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "capbench" / "data" / "mini" / "captions"
 TIE = '{"reason": "r", "judgment": "Tie"}'
 BOM = b"\xef\xbb\xbf"

@@ -28,6 +28,14 @@ from capbench.metrics import build_metric
 from capbench.records import read_caption_file
 from capbench.runs import ScoreLog
 
+#: The kinds of fault this file covers (counted in benchmarks/results/robustness.md).
+KINDS = (
+    "judge calls failing in transport, then a rerun with the judge back",
+    "every judge call of a run failing",
+    "a share of failed calls past --fail-at",
+    "a second run into a folder a run is writing",
+    "a killed run's folder lock",
+)
 METRICS = ("captionqa", "caprl", "dcscore", "balcap", "arena")
 
 

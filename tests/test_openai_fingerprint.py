@@ -25,6 +25,14 @@ from capbench.engines.openai import OpenAIEngine
 from capbench.errors import EngineError
 
 _ticks = itertools.count()
+#: The kinds of fault this file covers (counted in benchmarks/results/robustness.md).
+KINDS = (
+    "one model alias served by two servers with other weights",
+    "a server without a usable GET /models (501, 401, unlisted model, odd body, down)",
+    "a judge server that cannot be reached at the start of a run",
+    "a judge server that does not serve the model asked for",
+    "a judge server that refuses the API key",
+)
 
 
 def vllm_entry(root: str, max_model_len: int = 4096) -> dict[str, Any]:

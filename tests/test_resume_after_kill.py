@@ -15,6 +15,13 @@ from capbench.engines.cache import ResponseCache
 
 pytestmark = pytest.mark.engine
 
+#: The kinds of fault this file covers (counted in benchmarks/results/robustness.md).
+KINDS = (
+    "SIGKILL mid-run, then a resume",
+    "twenty SIGKILLs at random points, then a resume",
+    "an API key in the environment (it must reach the server and nothing else)",
+)
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "capbench" / "data" / "mini" / "captions"
 
 

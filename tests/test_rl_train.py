@@ -35,10 +35,15 @@ def test_recipes_load_and_bad_ones_say_what_to_fix(tmp_path):
 
 
 def test_a_policy_that_cannot_load_is_a_one_line_error(tmp_path):
-    result = CliRunner().invoke(main, ["train", "--config", "toy-cpu", "--set", f"model={tmp_path / 'no-such-model'}",
-                                       "--set", f"output_dir={tmp_path / 'run'}"])  # fmt: skip
-    assert result.exit_code == 1 and "cannot load the policy" in result.output
-    assert "Traceback" not in result.output
+    (tmp_path / "empty").mkdir()
+    for model, words in (
+        (tmp_path / "no-such-model", "no such folder"),  # refused before anything loads
+        (tmp_path / "empty", "cannot load the policy"),  # a folder without a checkpoint (was a ValueError traceback)
+    ):
+        result = CliRunner().invoke(main, ["train", "--config", "toy-cpu", "--set", f"model={model}",
+                                           "--set", f"output_dir={tmp_path / 'run'}"])  # fmt: skip
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert "Traceback" not in result.output and result.output.count("\n") == 1
 
 
 @pytest.mark.engine

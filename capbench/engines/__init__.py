@@ -69,6 +69,7 @@ __all__ = [
     "Sampling",
     "TextPart",
     "build_engine",
+    "check_options",
     "parse_engine",
     "parse_spec",
 ]

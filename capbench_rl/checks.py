@@ -1,0 +1,131 @@
+"""Check a recipe before anything loads: the policy's name, the judges, TRL's settings, the data's paths.
+
+``capbench-rl train`` runs these checks on ``--dry-run`` and before a real run loads a model,
+so a recipe that could only fail later (after the policy has loaded, after a hub's retries, at
+the first reward) fails at once, in one line that names the field and the fix. Nothing here
+loads a model, reads an image or reaches a network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from capbench.engines import ENGINES, check_options, parse_engine
+from capbench.errors import ConfigError
+from capbench_rl.recipe import TRL_FIELDS, Recipe
+
+#: Placeholders a recipe template leaves for the user to fill (REPLACE-ME, <model>, PATH/TO/MODEL).
+_PLACEHOLDER = re.compile(r"replace[-_ ]?me|change[-_ ]?me|fill[-_ ]?me|path/to/|[<>]", re.IGNORECASE)
+#: A hub id: ``name`` or ``org/name``. Anything else that is not on disk is a path that is not there.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+#: GRPOConfig fields that capbench-rl sets itself, and where a recipe sets them instead.
+_SET_BY_CAPBENCH = {
+    "reward_weights": "the weights come from the recipe's rewards",
+    "multi_objective_aggregation": "set the recipe's aggregation",
+    "log_completions": "capbench-rl sets it: rollouts.jsonl needs it",
+    "logging_steps": "capbench-rl sets it to 1: steps.jsonl needs every step",
+    "report_to": "capbench-rl sets it to []",
+}
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Refuse a recipe that a real run could only fail on later.
+
+    Raises:
+        ConfigError: one line naming the recipe field and how to fix it.
+    """
+    check_model(recipe.model)
+    check_judges(recipe)
+    check_trl(recipe.trl)
+    check_paths(recipe)
+
+
+def check_model(model: str) -> None:
+    """Refuse a placeholder or a local path that is not there; accept a hub id (it cannot be checked offline)."""
+    fix = "set model to a checkpoint folder or a hub id (org/name), e.g. --set model=Qwen/Qwen2.5-VL-3B-Instruct"
+    if not model.strip() or _PLACEHOLDER.search(model):
+        raise ConfigError(f"model {model!r} is a placeholder; {fix}")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"model {model}: a file, not a checkpoint folder; {fix}")
+    elif not _HUB_ID.fullmatch(model):
+        raise ConfigError(f"model {model}: no such folder; {fix}")
+
+
+def check_judges(recipe: Recipe) -> None:
+    """Parse each judge spec and its options as capbench does, without building the engine."""
+    for name, spec, options in (
+        ("judge", recipe.judge, recipe.judge_options),
+        ("vision_judge", recipe.vision_judge, ()),
+    ):
+        if spec is None:
+            continue
+        try:
+            parsed = parse_engine(spec, options)
+            module, cls, _ = ENGINES[parsed.backend]
+            check_options(getattr(importlib.import_module(module), cls), parsed)
+        except ConfigError as exc:
+            raise ConfigError(f"recipe field {name}: {exc}") from None
+
+
+def check_trl(settings: dict[str, Any]) -> None:
+    """Refuse ``trl`` keys that are not GRPOConfig fields, or that the recipe sets elsewhere."""
+    for key in settings:
+        if key in TRL_FIELDS:
+            raise ConfigError(f"trl.{key} is a recipe field: set {key} at the recipe's top level (or --set {key}=…)")
+        if key in _SET_BY_CAPBENCH:
+            raise ConfigError(f"trl.{key} cannot be set: {_SET_BY_CAPBENCH[key]}")
+    if not settings:
+        return
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    known = {f.name for f in fields(GRPOConfig) if f.init}
+    for key in settings:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see TRL's GRPOConfig for its fields"
+            raise ConfigError(f"trl.{key} is not a GRPOConfig field; {hint}")
+    if settings.get("use_vllm"):
+        _warn_vllm_version()
+
+
+def _warn_vllm_version() -> None:
+    """Say once, in capbench-rl's words, what TRL says five times about the installed vLLM (see cli.py)."""
+    try:
+        from trl.import_utils import is_vllm_available
+    except ImportError:
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        is_vllm_available()  # not installed: TRL says so itself when the trainer starts
+    for warning in caught[:1]:
+        warnings.warn(
+            f"trl.use_vllm is set, so TRL drives vLLM for rollouts: {warning.message} Its generation may "
+            "fail or change with this vLLM; install a vLLM in TRL's range, or drop trl.use_vllm",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def check_paths(recipe: Recipe) -> None:
+    """Refuse local files and folders the recipe names that are not there."""
+    for name in ("data_file", "benchmark_file"):
+        value = getattr(recipe, name)
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ConfigError(f"recipe field {name}: {value}: no such file; fix the path (relative to where you run)")
+    for name in ("images_dir", "eval_images_dir"):
+        value = getattr(recipe, name)
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise ConfigError(f"recipe field {name}: {value}: no such folder; set it to the folder of the images")
+    for name in ("dataset", "eval_dataset"):
+        value = getattr(recipe, name)
+        if value is not None and not Path(value).expanduser().exists() and not _HUB_ID.fullmatch(value):
+            raise ConfigError(f"recipe field {name}: {value}: no such folder; set it to a local copy or a hub id")
