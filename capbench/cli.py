@@ -49,7 +49,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     leaderboards from the results.
     """
     if not debug:
+        previous = warnings.formatwarning
         warnings.formatwarning = _one_line
+        ctx.call_on_close(lambda: setattr(warnings, "formatwarning", previous))
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

@@ -214,6 +214,7 @@ class Evaluator:
             return self._evaluate(run, samples, captions, overwrite)
 
     def _evaluate(self, run: RunDir, samples: list[Sample], captions: CaptionSet, overwrite: bool) -> RunResult:
+        """Score ``samples`` into ``run``, whose lock the caller holds."""
         manifest = self._previous_manifest(run, overwrite)
         configs = {m.name: run_config(self.benchmark.name, m, self.judges) for m in self.metrics}
         logged = {

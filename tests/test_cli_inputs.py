@@ -326,10 +326,19 @@ def test_eval_scores_a_caption_file_with_a_bom(tmp_path: Path, scripted_cli_engi
     assert run["caption_set"] == "excel" and run["metrics"]["captionqa"]["score"] is not None
 
 
-def test_warnings_print_as_one_line(monkeypatch):
+def test_warnings_print_as_one_line_while_a_command_runs():
     import warnings
 
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
-    assert CliRunner().invoke(main, ["list"]).exit_code == 0
-    line = warnings.formatwarning("the cache is full: free space", UserWarning, "/x/cache.py", 12, "src")
-    assert line == "warning: the cache is full: free space\n"
+    seen = []
+
+    @main.command("warn-once", hidden=True)
+    def warn_once() -> None:
+        seen.append(warnings.formatwarning("the cache is full: free space", UserWarning, "/x/cache.py", 12, "src"))
+
+    before = warnings.formatwarning
+    try:
+        assert CliRunner().invoke(main, ["warn-once"]).exit_code == 0
+    finally:
+        main.commands.pop("warn-once")
+    assert seen == ["warning: the cache is full: free space\n"]
+    assert warnings.formatwarning is before  # put back when the command ends
