@@ -27,7 +27,7 @@ from capbench.data import BENCHMARKS, Benchmark, load_benchmark
 from capbench.engines import DEFAULT_JUDGE, ENGINES, EngineSpec, build_engine, parse_engine
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.errors import ConfigError
-from capbench.evaluation import Evaluator, RunResult
+from capbench.evaluation import Evaluator, RunResult, check_needs
 from capbench.metrics import METRICS, Metric, build_metric, config_class
 from capbench.records import CaptionSet, read_caption_file
 from capbench.runs import RunDir
@@ -189,6 +189,7 @@ def run(opts: Mapping[str, Any]) -> None:
     only_generate = opts["metrics"].strip() == "none"
     metrics, modes = ([], {}) if only_generate else build_metrics(opts, spec)
     benchmark = benchmark_from(opts)
+    check_needs(benchmark, metrics)  # refuse a metric the benchmark cannot feed before any model loads
     cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
     generation = generate_captions(opts, benchmark, cache, console)
     generated = [generation.caption_set] if generation is not None and generation.caption_set.captions else []

@@ -202,11 +202,31 @@ def test_cli_arena_on_mini(tmp_path: Path, scripted_cli_engine):
     assert "CapArena-Auto on mini" in text and "planted_errors" in text
 
 
-def test_cli_refuses_arena_without_baselines(tmp_path: Path):
+def test_cli_refuses_arena_without_baselines(tmp_path: Path, monkeypatch):
+    from capbench import cli_eval
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model or judge was loaded before the refusal")
+
+    monkeypatch.setattr(cli_eval, "build_judges", no_loading)
+    monkeypatch.setattr(cli_eval, "build_engine", no_loading)
     caps = tmp_path / "c.jsonl"
     caps.write_text('{"image_path": "aar_test_04746.jpg", "caption": "A shelf."}\n')
     result = CliRunner().invoke(main, ["eval", "-b", "decapbench", "-c", str(caps), "-m", "arena"])
     assert result.exit_code != 0 and "needs baseline captions" in result.output
+    # with --model, no caption is generated before the refusal either
+    from PIL import Image
+
+    from capbench.data import load_benchmark
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), "red").save(images / "one.jpg")
+    for sample in load_benchmark("decapbench").samples:  # every image the loader checks for
+        (images / sample.id).symlink_to(images / "one.jpg")
+    with_model = ["eval", "-b", "decapbench", "-m", "arena", "--model", "org/captioner", "--engine", "hf"]
+    result = CliRunner().invoke(main, [*with_model, "--images-dir", str(images), "--limit", "1"])
+    assert result.exit_code == 1 and "needs baseline captions" in result.output, result.output
 
 
 def test_planned_requests_count_only_the_pairs_judged():
