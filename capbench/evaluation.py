@@ -23,7 +23,7 @@ from capbench.engines.cache import CachedEngine, CallStats
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash, sha256_text
 from capbench.metrics.base import Metric
-from capbench.records import Caption, CaptionSet, Sample, SampleScore
+from capbench.records import RESULTS_FORMAT, Caption, CaptionSet, Sample, SampleScore
 from capbench.runs import RunDir
 
 
@@ -337,6 +337,7 @@ class Evaluator:
         status: str,
     ) -> dict[str, Any]:
         return {
+            "format": RESULTS_FORMAT,
             "capbench_version": __version__,
             "benchmark": self.benchmark.name,
             "caption_set": {

@@ -20,7 +20,7 @@ from capbench.errors import CapbenchError, ConfigError, InputError
 from capbench.hashing import content_hash
 from capbench.metrics import METRICS, build_metric
 from capbench.metrics.base import Metric, Unit, headline
-from capbench.records import SampleScore, read_caption_file
+from capbench.records import SampleScore, check_format, read_caption_file
 from capbench.runs import ScoreLog, safe_name
 
 if TYPE_CHECKING:
@@ -168,6 +168,11 @@ def _read_manifest(path: Path, warnings: list[str]) -> dict[str, Any] | None:
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("metrics"), dict):
         warnings.append(f"{path}: not a capbench manifest (no 'metrics' mapping); run left out")
+        return None
+    try:
+        check_format(manifest.get("format", 0), str(path))
+    except InputError as exc:
+        warnings.append(f"{exc}; run left out")
         return None
     return manifest
 

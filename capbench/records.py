@@ -107,6 +107,26 @@ class CaptionSet:
         return None if text is None else Caption(sample_id, text)
 
 
+#: The version of capbench's results files (score lines and manifests). Files without one are
+#: format 0, from before it was written, and are read the same way; a newer one is refused.
+RESULTS_FORMAT = 1
+
+
+def check_format(found: Any, where: str) -> None:
+    """Refuse results written in a format newer than this capbench reads.
+
+    Raises:
+        InputError: ``found`` is not a format number, or is newer than :data:`RESULTS_FORMAT`.
+    """
+    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+        raise InputError(f"{where}: 'format' is {found!r}, not a results format number; rerun with --overwrite")
+    if found > RESULTS_FORMAT:
+        raise InputError(
+            f"{where}: written in results format {found} by a newer capbench; this one reads up to "
+            f"{RESULTS_FORMAT}: upgrade capbench (pip install -U capbench)"
+        )
+
+
 @dataclass(frozen=True)
 class SampleScore:
     """What one metric found for one captioned sample.
@@ -129,6 +149,7 @@ class SampleScore:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {
+            "format": RESULTS_FORMAT,
             "sample_id": self.sample_id,
             "metric": self.metric,
             "values": dict(self.values),

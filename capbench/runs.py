@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from capbench.errors import InputError
-from capbench.records import SampleScore, jsonl_line, read_jsonl
+from capbench.records import SampleScore, check_format, jsonl_line, read_jsonl
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 _UMASK = os.umask(0o022)
@@ -122,6 +122,7 @@ class ScoreLog(JsonlLog):
         """
         scores: dict[str, SampleScore] = {}
         for number, obj in self.rows(repair):
+            check_format(obj.get("format", 0), f"{self.path}:{number}")
             try:
                 score = SampleScore.from_dict(obj)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -238,6 +239,12 @@ class RunDir:
             problem = f"unreadable manifest ({exc})"
         else:
             if isinstance(manifest, dict):
+                try:
+                    check_format(manifest.get("format", 0), str(self.manifest_path))
+                except InputError:
+                    if broken_ok:
+                        return {}
+                    raise
                 return manifest
             problem = f"not a capbench manifest (a JSON {type(manifest).__name__}, not an object)"
         if broken_ok:

@@ -121,3 +121,42 @@ def test_atomic_writes_are_readable_by_others(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_results_carry_their_format_and_a_newer_one_is_refused(tmp_path):
+    import json
+
+    from conftest import ScriptedEngine
+
+    from capbench.data import load_benchmark
+    from capbench.engines.cache import CachedEngine, ResponseCache
+    from capbench.evaluation import Evaluator
+    from capbench.leaderboard import load_results
+    from capbench.metrics import build_metric
+    from capbench.records import RESULTS_FORMAT, read_caption_file
+    from capbench.runs import RunDir, ScoreLog
+
+    bench = load_benchmark("mini")
+    judge = CachedEngine(ScriptedEngine(), ResponseCache())
+    evaluator = Evaluator(bench, [build_metric("captionqa")], {"text": judge}, tmp_path)
+    captions = read_caption_file(bench.example_captions["short"])
+    evaluator.evaluate(captions, limit=2)
+    run = RunDir(tmp_path, "mini", "short")
+    lines = [json.loads(x) for x in run.scores("captionqa").path.read_text().splitlines()]
+    manifest = json.loads(run.manifest_path.read_text())
+    assert manifest["format"] == RESULTS_FORMAT and {line["format"] for line in lines} == {RESULTS_FORMAT}
+    # a line from before formats were written (format 0) is read as it always was
+    old = {k: v for k, v in lines[0].items() if k != "format"}
+    ScoreLog(tmp_path / "old.jsonl").append_rows([old])
+    assert list(ScoreLog(tmp_path / "old.jsonl").load()) == [old["sample_id"]]
+    # a newer format is refused, saying what to do, by the resume and by the leaderboard
+    ScoreLog(tmp_path / "new.jsonl").append_rows([{**lines[0], "format": RESULTS_FORMAT + 1}])
+    with pytest.raises(InputError, match=r"new\.jsonl:1: written in results format 2 by a newer capbench.*upgrade"):
+        ScoreLog(tmp_path / "new.jsonl").load()
+    run.manifest_path.write_text(json.dumps({**manifest, "format": RESULTS_FORMAT + 1}))
+    with pytest.raises(InputError, match="by a newer capbench"):
+        evaluator.evaluate(captions, limit=2)
+    evaluator.evaluate(read_caption_file(bench.example_captions["detailed"]), limit=2)
+    board = load_results(tmp_path)
+    assert [r.model for r in board.runs] == ["detailed"]
+    assert any("newer capbench" in w and "left out" in w for w in board.warnings)
