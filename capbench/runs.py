@@ -13,6 +13,7 @@ A run lives in ``<results>/<benchmark>/<caption set>/``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,20 +34,47 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+#: What to do when a write fails, by errno.
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there, then rerun the same command (finished work is kept)",
+    errno.EDQUOT: "the disk quota is used up: free space, then rerun the same command (finished work is kept)",
+    errno.EROFS: "a read-only file system: choose a folder you can write to",
+    errno.EACCES: "no permission to write there: choose a folder you can write to",
+    errno.EPERM: "no permission to write there: choose a folder you can write to",
+    errno.ENOTDIR: "a file stands where a folder must be: move it away, or choose another folder",
+    errno.EEXIST: "a file stands where a folder must be: move it away, or choose another folder",
+}
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write under ``path`` (full disk, read-only, a file in the way) into one InputError line."""
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; results are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as exc:
+        fix = _WRITE_FIXES.get(exc.errno or 0, "choose a folder you can write to")
+        raise InputError(f"cannot write {exc.filename or path} ({exc.strerror or exc}); {fix}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Raises:
+        InputError: the file cannot be written (the message says why and what to do).
+    """
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes files private; results are meant to be shared
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
@@ -94,17 +122,26 @@ class JsonlLog:
                 handle.truncate(data.rfind(b"\n") + 1)
 
     def append_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append rows with one write, then flush to disk."""
+        """Append rows with one write, then flush to disk.
+
+        A write cut short (a full disk) leaves an unfinished last line, which the next run cuts.
+
+        Raises:
+            InputError: the log cannot be written (the message says why and what to do).
+        """
         payload = "".join(jsonl_line(r) for r in rows).encode("utf-8")
         if not payload:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(payload)
+                while view:  # os.write may write less than asked when the disk fills
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def reset(self) -> None:
         """Delete the log (for --overwrite)."""
@@ -155,9 +192,11 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self._made_folder = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            with writing(self.path):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -176,9 +215,14 @@ class RunLock:
                 break
             os.close(fd)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": sys.argv[:6]}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(holder).encode("utf-8"))
         self._fd = fd
+        try:
+            with writing(self.path):
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(holder).encode("utf-8"))
+        except InputError:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

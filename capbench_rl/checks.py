@@ -15,14 +15,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from capbench.engines import ENGINES, check_options, parse_engine
+from capbench.engines import ENGINES, check_options, is_hub_id, local_model_folder, parse_engine
 from capbench.errors import ConfigError
 from capbench_rl.recipe import TRL_FIELDS, Recipe
 
 #: Placeholders a recipe template leaves for the user to fill (REPLACE-ME, <model>, PATH/TO/MODEL).
 _PLACEHOLDER = re.compile(r"replace[-_ ]?me|change[-_ ]?me|fill[-_ ]?me|path/to/|[<>]", re.IGNORECASE)
-#: A hub id: ``name`` or ``org/name``. Anything else that is not on disk is a path that is not there.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 #: GRPOConfig fields that capbench-rl sets itself, and where a recipe sets them instead.
 _SET_BY_CAPBENCH = {
     "reward_weights": "the weights come from the recipe's rewards",
@@ -46,16 +44,17 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 def check_model(model: str) -> None:
-    """Refuse a placeholder or a local path that is not there; accept a hub id (it cannot be checked offline)."""
-    fix = "set model to a checkpoint folder or a hub id (org/name), e.g. --set model=Qwen/Qwen2.5-VL-3B-Instruct"
+    """Refuse a placeholder or a local path that is not there; accept a hub id (it cannot be checked offline).
+
+    The path rules are capbench's own (:func:`capbench.engines.local_model_folder`), so a model
+    that ``capbench eval --model`` refuses is refused here in the same words.
+    """
     if not model.strip() or _PLACEHOLDER.search(model):
-        raise ConfigError(f"model {model!r} is a placeholder; {fix}")
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"model {model}: a file, not a checkpoint folder; {fix}")
-    elif not _HUB_ID.fullmatch(model):
-        raise ConfigError(f"model {model}: no such folder; {fix}")
+        raise ConfigError(
+            f"model {model!r} is a placeholder; set model to a checkpoint folder or a hub id (org/name), "
+            "e.g. --set model=Qwen/Qwen2.5-VL-3B-Instruct"
+        )
+    local_model_folder(model, "recipe field model")
 
 
 def check_judges(recipe: Recipe) -> None:
@@ -127,5 +126,5 @@ def check_paths(recipe: Recipe) -> None:
             raise ConfigError(f"recipe field {name}: {value}: no such folder; set it to the folder of the images")
     for name in ("dataset", "eval_dataset"):
         value = getattr(recipe, name)
-        if value is not None and not Path(value).expanduser().exists() and not _HUB_ID.fullmatch(value):
+        if value is not None and not Path(value).expanduser().exists() and not is_hub_id(value):
             raise ConfigError(f"recipe field {name}: {value}: no such folder; set it to a local copy or a hub id")

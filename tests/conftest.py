@@ -22,6 +22,17 @@ def capbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def one_line_error(result, *words: str) -> str:
+    """Assert a CLI result is exit 1 with one ``Error: …`` line (no traceback) holding ``words``; return it."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
 def prefers_longer(request) -> str:
     """A pairwise judge reply: the longer of the two fenced captions is better; equal lengths tie."""
     import re

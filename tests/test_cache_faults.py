@@ -9,6 +9,7 @@ cache that cannot be opened is a one-line error with the fix, before anything is
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ScriptedEngine
+from conftest import ScriptedEngine, one_line_error
 
 from capbench.cli import main
 from capbench.engines import cache as cache_module
@@ -52,6 +53,9 @@ KINDS = (
     "cache clear --engine naming an engine with no entries",
     "cache stats / clear on an empty home",
     "cache stats on a read-only home",
+    "a results dir that is a file",
+    "a read-only results dir",
+    "the results disk filling mid-run (simulated and a real 64 KiB tmpfs)",
 )
 
 
@@ -62,15 +66,6 @@ def _request(text: str) -> Request:
 def _cli(*args: str):
     """Run capbench; an exception escaping as a traceback fails the test (catch_exceptions=False)."""
     return CliRunner(env={"COLUMNS": "200"}).invoke(main, list(args), catch_exceptions=False)
-
-
-def _one_line_error(result, *words: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def _eval(results: Path, *extra: str) -> list[str]:
@@ -143,12 +138,12 @@ def test_home_that_is_a_file_is_one_line_with_the_fix(
     capbench_home.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"is a file, not a folder.*CAPBENCH_HOME to a writable folder"):
         ResponseCache()
-    _one_line_error(_cli(*_eval(tmp_path / "results")), str(capbench_home), "CAPBENCH_HOME", "--no-cache")
-    _one_line_error(_cli("cache", "stats"), str(capbench_home), "is a file")
-    _one_line_error(_cli("cache", "clear", "--yes"), str(capbench_home), "is a file")
+    one_line_error(_cli(*_eval(tmp_path / "results")), str(capbench_home), "CAPBENCH_HOME", "--no-cache")
+    one_line_error(_cli("cache", "stats"), str(capbench_home), "is a file")
+    one_line_error(_cli("cache", "clear", "--yes"), str(capbench_home), "is a file")
     # Below a file, too (NotADirectoryError before).
     monkeypatch.setenv("CAPBENCH_HOME", str(capbench_home / "inner"))
-    _one_line_error(_cli("cache", "stats"), str(capbench_home), "is a file")
+    one_line_error(_cli("cache", "stats"), str(capbench_home), "is a file")
     assert json.loads(_cli(*_eval(tmp_path / "results", "--no-cache")).output)["runs"][0]["samples"] == 18
 
 
@@ -157,14 +152,14 @@ def test_read_only_home_is_one_line_with_the_fix(monkeypatch, read_only_dir: Pat
     monkeypatch.setenv("CAPBENCH_HOME", str(read_only_dir / "new-home"))
     with pytest.raises(ConfigError, match=r"cannot create the folder .*Read-only file system.*--no-cache"):
         ResponseCache()
-    _one_line_error(_cli(*_eval(tmp_path / "results")), "new-home", "CAPBENCH_HOME to a writable folder")
+    one_line_error(_cli(*_eval(tmp_path / "results")), "new-home", "CAPBENCH_HOME to a writable folder")
     # An existing read-only home: a new cache cannot be written beside nothing.
     empty = read_only_dir / "empty"
     monkeypatch.setenv("CAPBENCH_HOME", str(read_only_dir))
     with pytest.raises(ConfigError, match=r"cannot write the judge-call cache .*writable folder"):
         ResponseCache(empty.with_suffix(".sqlite"))
     # The existing cache there cannot take writes either: one line, before any judging.
-    _one_line_error(_cli(*_eval(tmp_path / "results")), "cache.sqlite", "CAPBENCH_HOME to a writable folder")
+    one_line_error(_cli(*_eval(tmp_path / "results")), "cache.sqlite", "CAPBENCH_HOME to a writable folder")
 
 
 def test_read_only_home_simulated(monkeypatch, tmp_path: Path):
@@ -355,10 +350,10 @@ def test_damaged_cache_through_the_cli(capbench_home: Path, tmp_path: Path, scri
     assert run["judge_calls"] == 252 and run["metrics"] == first["metrics"] and run["cache_read_failures"] > 0
     assert len([w for w in caught if issubclass(w.category, CacheWarning)]) == 1
     # stats: one line naming the file and the fix.
-    _one_line_error(_cli("cache", "stats"), str(path), "damaged", "cache clear --yes")
-    _one_line_error(_cli("cache", "stats", "--json"), str(path), "damaged")
+    one_line_error(_cli("cache", "stats"), str(path), "damaged", "cache clear --yes")
+    one_line_error(_cli("cache", "stats", "--json"), str(path), "damaged")
     # clear by engine cannot pick entries out of a damaged file; clear --yes removes it.
-    _one_line_error(_cli("cache", "clear", "--engine", "scripted:A", "--yes"), "damaged")
+    one_line_error(_cli("cache", "clear", "--engine", "scripted:A", "--yes"), "damaged")
     cleared = _cli("cache", "clear", "--yes")
     assert cleared.exit_code == 0 and "deleted the damaged cache" in cleared.output, cleared.output
     assert not path.exists() and "no cache yet" in _cli("cache", "stats").output
@@ -370,8 +365,8 @@ def test_random_file_is_one_line_and_clear_removes_it(capbench_home: Path, tmp_p
     path = capbench_home / "cache.sqlite"
     path.write_bytes(os.urandom(64 * 1024))
     # eval: opening fails before anything is judged, so nothing is at stake: one line, the fix.
-    _one_line_error(_cli(*_eval(tmp_path)), str(path), "cache clear --yes")
-    _one_line_error(_cli("cache", "stats"), str(path), "cache clear --yes")
+    one_line_error(_cli(*_eval(tmp_path)), str(path), "cache clear --yes")
+    one_line_error(_cli("cache", "stats"), str(path), "cache clear --yes")
     assert _cli("cache", "clear").exit_code == 1 and path.exists()  # no --yes: asks; no answer, no deletion
     cleared = _cli("cache", "clear", "--yes")
     assert cleared.exit_code == 0, cleared.output
@@ -387,14 +382,14 @@ def test_clear_an_engine_that_has_no_entries_is_an_error(monkeypatch, capbench_h
     cache.put("k1", {"backend": "llamacpp", "model": "small"}, _request("a"), Response(texts=("x",)))
     cache.put("k2", {"backend": "openai", "model": "gpt"}, _request("b"), Response(texts=("y",)))
     cache.close()
-    line = _one_line_error(_cli("cache", "clear", "--engine", "nonexistent:x", "--yes"), "'nonexistent:x'")
+    line = one_line_error(_cli("cache", "clear", "--engine", "nonexistent:x", "--yes"), "'nonexistent:x'")
     assert "llamacpp:small" in line and "openai:gpt" in line
     assert read_stats()["entries"] == 2
     done = _cli("cache", "clear", "--engine", "openai:gpt", "--yes")
     assert done.exit_code == 0 and "deleted 1 cached responses" in done.output
     # An empty home: the typo is still an error, and nothing is created.
     monkeypatch.setenv("CAPBENCH_HOME", str(capbench_home.parent / "empty-home"))
-    _one_line_error(_cli("cache", "clear", "--engine", "openai:gpt", "--yes"), "empty")
+    one_line_error(_cli("cache", "clear", "--engine", "openai:gpt", "--yes"), "empty")
     assert not (capbench_home.parent / "empty-home").exists()
 
 
@@ -416,6 +411,62 @@ def test_stats_on_a_read_only_home(monkeypatch, read_only_dir: Path):
     monkeypatch.setenv("CAPBENCH_HOME", str(read_only_dir / "no-such-home"))
     result = _cli("cache", "stats")
     assert result.exit_code == 0 and "no cache yet" in result.output and "delete" not in result.output
-    _one_line_error(_cli("cache", "clear", "--yes", "--engine", "t:m"), "no-such-home")
+    one_line_error(_cli("cache", "clear", "--yes", "--engine", "t:m"), "no-such-home")
     monkeypatch.setenv("CAPBENCH_HOME", str(read_only_dir))
-    _one_line_error(_cli("cache", "clear", "--yes"), "CAPBENCH_HOME to a writable folder")
+    one_line_error(_cli("cache", "clear", "--yes"), "CAPBENCH_HOME to a writable folder")
+
+
+# ---------------------------------------------------------------- the results folder
+
+
+def _results_eval(results: Path, *extra: str) -> list[str]:
+    return ["eval", "--captions", str(EXAMPLES / "short.jsonl"), "--judge", "scripted:A", "--results-dir",
+            str(results), *extra]  # fmt: skip
+
+
+def test_a_results_dir_that_is_a_file_is_one_line(tmp_path: Path, scripted_cli_engine):
+    (tmp_path / "results").write_text("not a folder")
+    one_line_error(_cli(*_results_eval(tmp_path / "results")), "a file stands where a folder must be")
+
+
+def test_a_read_only_results_dir_is_one_line(read_only_dir: Path, scripted_cli_engine):
+    one_line_error(_cli(*_results_eval(read_only_dir / "results")), "read-only file system")
+
+
+def test_a_results_disk_filling_mid_run_is_one_line_and_the_rerun_resumes(
+    monkeypatch, tmp_path: Path, scripted_cli_engine
+):
+    real_write = os.write
+    appends = {"n": 0}
+
+    def fill_at_second_append(fd: int, data) -> int:
+        if bytes(data[:11]) != b'{"format": ':  # only the score lines
+            return real_write(fd, data)
+        appends["n"] += 1
+        if appends["n"] == 2:  # half of the batch's lines fit, then the disk is full
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        if appends["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", fill_at_second_append)
+    results = tmp_path / "results"
+    failed = _cli(*_results_eval(results, "--json"))  # --json: the progress bar leaves no line behind
+    one_line_error(failed, "No space left on device", "the disk is full", "rerun the same")
+    monkeypatch.setattr(os, "write", real_write)
+    done = _cli(*_results_eval(results, "--json"))
+    assert done.exit_code == 0, done.output
+    lines = (results / "mini" / "short" / "captionqa.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["sample_id"] for line in lines]  # the cut line is gone, every line whole
+    assert sorted(set(ids)) == sorted(ids) and len(ids) == 18
+
+
+def test_a_real_full_results_disk(tmp_path: Path, scripted_cli_engine):
+    """A 64 KiB tmpfs for the results: one line when it fills; room made, the same command finishes."""
+    with _mounted(tmp_path / "tiny", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as tiny:
+        one_line_error(_cli(*_results_eval(tiny, "--json")), "the disk is full")
+        subprocess.run(["mount", "-o", "remount,size=8m", str(tiny)], check=True)
+        done = _cli(*_results_eval(tiny, "--json"))
+        assert done.exit_code == 0, done.output
+        lines = (tiny / "mini" / "short" / "captionqa.jsonl").read_text().splitlines()
+        assert len({json.loads(line)["sample_id"] for line in lines}) == 18 == len(lines)

@@ -20,6 +20,7 @@ from capbench.engines.base import (
     Sampling,
     TextPart,
 )
+from capbench.engines.models import is_hub_id, local_model_folder
 from capbench.engines.spec import EngineSpec, check_options, parse_engine
 
 #: Backend name -> (module, class, one-line description).
@@ -70,6 +71,8 @@ __all__ = [
     "TextPart",
     "build_engine",
     "check_options",
+    "is_hub_id",
+    "local_model_folder",
     "parse_engine",
     "parse_spec",
 ]
