@@ -37,7 +37,7 @@ def test_recipes_load_and_bad_ones_say_what_to_fix(tmp_path):
 def test_a_policy_that_cannot_load_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     for model, words in (
-        (tmp_path / "no-such-model", "no such folder"),  # refused before anything loads
+        (tmp_path / "no-such-model", "not found"),  # refused before anything loads
         (tmp_path / "empty", "cannot load the policy"),  # a folder without a checkpoint (was a ValueError traceback)
     ):
         result = CliRunner().invoke(main, ["train", "--config", "toy-cpu", "--set", f"model={model}",
