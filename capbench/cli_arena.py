@@ -11,9 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from capbench.cli_eval import benchmark_from, build_judges, caption_sets, judge_progress, resolve_answer_mode
+from capbench.api import build_judges, caption_sets, load_benchmark_of, resolve_answer_mode
+from capbench.cli_eval import _options, judge_progress
+from capbench.config import EvalConfig
 from capbench.engines import DEFAULT_JUDGE
-from capbench.engines.cache import CachedEngine, ResponseCache
+from capbench.engines.cache import CachedEngine
 from capbench.errors import ConfigError
 from capbench.evaluation import judge_usage
 from capbench.metrics.arena import ArenaConfig, PairJudge
@@ -23,27 +25,46 @@ from capbench.runs import atomic_write_text, write_jsonl
 _ANSWER_MODES = {"letter": "generate", "generate": "generate", "loglik": "loglik"}
 
 
-def _pair_judge(opts: Mapping[str, Any]) -> tuple[PairJudge, dict[str, CachedEngine], str]:
-    spec = opts.get("judge") or DEFAULT_JUDGE
-    config = ArenaConfig(
+def arena_config(opts: Mapping[str, Any]) -> EvalConfig:
+    """The library settings of ``capbench arena``'s benchmark, caption sets and judges."""
+    loader = {k: opts[k] for k in ("images_dir", "data_file") if opts.get(k) is not None}
+    return EvalConfig(
+        benchmark=opts.get("benchmark") or "mini",
+        benchmark_options=loader,
+        captions=list(opts.get("caption_files") or ()),
+        example_captions=bool(opts.get("example_captions")),
+        judge=opts.get("judge") or DEFAULT_JUDGE,
+        judge_options=_options(opts, "judge"),
+        vision_judge=opts.get("vision_judge"),
+        vision_judge_options=_options(opts, "vision_judge"),
+        cache=not opts.get("no_cache"),
+        record_judge=opts.get("record_judge"),
+        seed=opts["seed"],
+        results_dir=opts["results_dir"],
+        metrics=[],
+    )
+
+
+def _pair_judge(opts: Mapping[str, Any], config: EvalConfig) -> tuple[PairJudge, dict[str, CachedEngine], str]:
+    spec = config.judge
+    arena = ArenaConfig(
         order=opts["order"],
         seed=opts["seed"],
         answer_mode=_ANSWER_MODES[resolve_answer_mode(opts["answer_mode"], spec)],
         prompt_dir=str(opts["prompt_dir"]) if opts.get("prompt_dir") else None,
     )
-    cache = ResponseCache(":memory:" if opts.get("no_cache") else None)
-    judges = build_judges(opts, cache)
-    return PairJudge(config), judges, spec
+    return PairJudge(arena), build_judges(config), spec
 
 
 def run_arena(opts: Mapping[str, Any]) -> None:
     """Run ``capbench arena``: battles between caption sets, then rankings with intervals."""
     from capbench.tournament import Tournament, plan, rank
 
-    benchmark = benchmark_from(opts)
+    config = arena_config(opts)
+    benchmark = load_benchmark_of(config)
     _check_set_names(opts, benchmark.example_captions)
-    sets = caption_sets(opts, benchmark.example_captions)
-    pairs, judges, spec = _pair_judge(opts)
+    sets = caption_sets(config, benchmark)
+    pairs, judges, spec = _pair_judge(opts, config)
     tournament = Tournament(benchmark, sets, judges, pairs, opts["results_dir"])
     matches = plan(benchmark, sets, opts.get("budget"), opts["seed"], opts.get("limit"))
     with judge_progress(Console(stderr=True), opts["as_json"]) as progress:
@@ -105,7 +126,7 @@ def run_agreement(opts: Mapping[str, Any]) -> None:
     rows = read_annotations(opts["annotations"])
     if opts.get("limit"):
         rows = rows[: opts["limit"]]
-    pairs, judges, spec = _pair_judge(opts)
+    pairs, judges, spec = _pair_judge(opts, arena_config(opts))
     with judge_progress(Console(stderr=True), opts["as_json"]) as progress:
         judged = judge_battles(rows, pairs, judges, opts.get("images_dir"), progress)
     report: dict[str, Any] = {"annotations": str(opts["annotations"]), "judge": spec, "order": pairs.cfg.order}

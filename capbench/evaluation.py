@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Resp
 from capbench.engines.cache import CachedEngine, CallStats
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import content_hash, sha256_text
+from capbench.metrics import describe
 from capbench.metrics.base import Metric
 from capbench.records import RESULTS_FORMAT, Caption, CaptionSet, Sample, SampleScore
 from capbench.runs import RunDir
@@ -251,6 +252,7 @@ class Evaluator:
                 unscored[metric.name] = sum(s.unscored for s in scores)
                 metric_entries[metric.name] = {
                     **configs[metric.name],
+                    "info": describe(metric).to_dict(),
                     "config_hash": content_hash(configs[metric.name]),
                     "samples": len(scores),
                     "summary": summaries[metric.name],
@@ -323,7 +325,13 @@ class Evaluator:
         pending = [s for s in samples if s.id not in done]
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
-            new = metric.score(batch, [Caption(s.id, captions.captions[s.id]) for s in batch], self.judges)
+            scored = metric.score(batch, [Caption(s.id, captions.captions[s.id]) for s in batch], self.judges)
+            # the hash that tells a resumed run its captions are the scored ones (a plugin need not set it)
+            scored = [
+                s if s.caption_sha256 else replace(s, caption_sha256=sha256_text(captions.captions[s.sample_id]))
+                for s in scored
+            ]
+            new = with_units(metric, scored)
             log.append(new)
             done.update((s.sample_id, s) for s in new)
         return [done[s.id] for s in samples]
@@ -358,11 +366,28 @@ class Evaluator:
         }
 
 
+def with_units(metric: Metric, scores: Sequence[SampleScore]) -> list[SampleScore]:
+    """Return ``scores`` each carrying its headline units, so results rank without the metric's code.
+
+    Raises:
+        PluginError: the metric's units name a sample other than the one scored.
+    """
+    out = []
+    for score in scores:
+        units = metric.units([score])
+        if any(u[0] != score.sample_id for u in units):
+            from capbench.registry import PluginError
+
+            raise PluginError(f"metric {metric.name!r}: units() of sample {score.sample_id!r} name another sample")
+        out.append(replace(score, units=tuple((str(s), float(v), float(w)) for _, s, v, w in units)))
+    return out
+
+
 def judge_usage(
     judges: Mapping[str, CachedEngine], before: Mapping[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Return the judges' usage (calls, cache hits, tokens, …) summed over roles, since ``before`` if given."""
-    total: dict[str, Any] = {}
+    total: dict[str, Any] = {k: 0 for k, v in CallStats().to_dict().items() if isinstance(v, (int, float))}
     for role, judge in judges.items():
         start = (before or {}).get(role, {})
         for key, value in _snapshot(judge.stats).items():

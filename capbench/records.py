@@ -109,7 +109,10 @@ class CaptionSet:
 
 #: The version of capbench's results files (score lines and manifests). Files without one are
 #: format 0, from before it was written, and are read the same way; a newer one is refused.
-RESULTS_FORMAT = 1
+#: Format 2 adds each metric's description (:class:`MetricInfo`) to the manifest and each
+#: sample's headline units to its score line, so results rank without the metric's code;
+#: formats 0 and 1 are read with the installed metric's code instead.
+RESULTS_FORMAT = 2
 
 
 def check_format(found: Any, where: str) -> None:
@@ -145,10 +148,13 @@ class SampleScore:
     unscored: int = 0
     caption_sha256: str = ""
     failed: int = 0
+    #: The sample's headline units as (stratum, value, weight) triples (see
+    #: :func:`capbench.metrics.base.headline`); None when not recorded (results before format 2).
+    units: tuple[tuple[str, float, float], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
+        out = {
             "format": RESULTS_FORMAT,
             "sample_id": self.sample_id,
             "metric": self.metric,
@@ -158,6 +164,9 @@ class SampleScore:
             "caption_sha256": self.caption_sha256,
             "details": self.details,
         }
+        if self.units is not None:
+            out["units"] = [list(u) for u in self.units]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SampleScore:
@@ -170,7 +179,90 @@ class SampleScore:
             unscored=int(data.get("unscored", 0)),
             caption_sha256=str(data.get("caption_sha256", "")),
             failed=int(data.get("failed", 0)),
+            units=_units(data.get("units")),
         )
+
+
+def _units(raw: Any) -> tuple[tuple[str, float, float], ...] | None:
+    """Read a score line's units, or None when it has none (or they are not [stratum, value, weight] rows)."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for row in raw:
+        if not (isinstance(row, list) and len(row) == 3 and all(isinstance(x, (int, float)) for x in row[1:])):
+            return None
+        out.append((str(row[0]), float(row[1]), float(row[2])))
+    return tuple(out)
+
+
+#: Names a metric may not take: the leaderboard's own columns and the words that mean "no metric".
+RESERVED_METRIC_NAMES = frozenset({"benchmark", "model", "words", "judges", "images", "failed", "none", "all"})
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric declares about its results, written with them into each run's manifest.
+
+    With it, the printed tables, the leaderboard and the RL reward table need no code per metric,
+    and results rank even where the metric is not installed.
+    """
+
+    name: str
+    title: str
+    description: str = ""
+    #: Columns of the printed table as (label, summary key); the first is the headline. A key
+    #: "a+b" shows the sum of two summary values; a list value is shown joined by "+".
+    columns: tuple[tuple[str, str], ...] = (("score", "score"),)
+    #: What the numbers are, e.g. "points (0-100)".
+    unit: str = ""
+    value_range: tuple[float, float] = (0.0, 100.0)
+    higher_is_better: bool = True
+    needs: tuple[str, ...] = ()
+    judge_roles: tuple[str, ...] = ("text",)
+    #: Further tables as (title, summary key of a mapping, value key): one column per mapping key.
+    breakdowns: tuple[tuple[str, str, str], ...] = ()
+    #: The line under the printed table; ``{judge}`` and run settings (``{answer_mode}``, …) are filled in.
+    note: str = ""
+    #: RL rewards: (reward name, per-sample value key, divisor into [0, 1]).
+    rewards: tuple[tuple[str, str, float], ...] = ()
+
+    @property
+    def headline(self) -> str:
+        """The summary key of the headline number."""
+        return self.columns[0][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        out = asdict(self)
+        for key in ("columns", "value_range", "needs", "judge_roles", "breakdowns", "rewards"):
+            out[key] = [list(x) if isinstance(x, tuple) else x for x in out[key]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricInfo:
+        """Build from a manifest's ``info`` entry.
+
+        Raises:
+            InputError: a field is missing or of the wrong shape.
+        """
+        try:
+            low, high = (float(x) for x in data["value_range"])
+            return cls(
+                name=str(data["name"]),
+                title=str(data.get("title") or data["name"]),
+                description=str(data.get("description", "")),
+                columns=tuple((str(a), str(b)) for a, b in data.get("columns") or [("score", "score")]),
+                unit=str(data.get("unit", "")),
+                value_range=(low, high),
+                higher_is_better=bool(data["higher_is_better"]),
+                needs=tuple(str(x) for x in data.get("needs", ())),
+                judge_roles=tuple(str(x) for x in data.get("judge_roles", ())),
+                breakdowns=tuple((str(a), str(b), str(c)) for a, b, c in data.get("breakdowns", ())),
+                note=str(data.get("note", "")),
+                rewards=tuple((str(a), str(b), float(c)) for a, b, c in data.get("rewards", ())),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"a metric description is incomplete or malformed ({exc!r})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str], finished_only: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -4,7 +4,8 @@ From a capbench benchmark (capbench-mini works as a toy training set; the recipe
 ``benchmark_file``, ``dataset`` and ``split`` reach its loader as ``capbench eval``'s options of
 those names do), or from a JSONL file of
 ``{"image": path, "caption": reference}`` lines (ShareGPT4V-style captions flattened to that;
-optional ``id``, ``facts`` and ``questions`` as in capbench's sample records). Each row holds
+optional ``id``, ``facts``, ``questions`` and ``domain``), read by capbench's ``jsonl`` benchmark,
+so ``capbench eval -b jsonl --data-file`` scores the very samples trained on. Each row holds
 the prompt (a user turn with the image and the instruction), the image, and the columns the
 rewards read: ``sample_id``, ``reference_caption``, ``reference_facts``, ``questions`` and
 ``domain``.
@@ -17,8 +18,8 @@ from typing import Any
 
 from capbench.data import load_benchmark
 from capbench.errors import ConfigError, InputError, MissingDependencyError
-from capbench.records import Question, read_jsonl
-from capbench_rl.recipe import QA_REWARDS, Recipe
+from capbench.records import Sample
+from capbench_rl.recipe import Recipe, qa_rewards
 
 #: `capbench eval` options a benchmark loader's errors name -> the recipe field that sets each.
 _FIELD_OF_FLAG = {
@@ -40,7 +41,7 @@ def rows(recipe: Recipe) -> list[dict[str, Any]]:
     if not out:
         raise InputError("the recipe's data holds no (image, reference caption) pair")
     out = out[: recipe.limit] if recipe.limit else out
-    asking = [name for name in recipe.rewards if name in QA_REWARDS]
+    asking = [name for name in recipe.rewards if name in qa_rewards()]
     bare = [row["sample_id"] for row in out if not row["questions"]]
     if asking and bare:
         shown = ", ".join(bare[:5]) + (" …" if len(bare) > 5 else "")
@@ -66,18 +67,20 @@ def _benchmark_rows(recipe: Recipe) -> list[dict[str, Any]]:
         raise
     except (ConfigError, InputError) as exc:
         raise type(exc)(recipe_words(str(exc))) from None
-    return [
-        {
-            "sample_id": s.id,
-            "image_path": s.image.path,
-            "reference_caption": s.reference_caption,
-            "reference_facts": list(s.reference_facts),
-            "questions": [q.to_dict() for q in s.questions],
-            "domain": s.domain,
-        }
-        for s in bench.samples
-        if s.image is not None and s.reference_caption.strip()
-    ]
+    return [_row(s) for s in bench.samples if s.image is not None and s.reference_caption.strip()]
+
+
+def _row(sample: Sample) -> dict[str, Any]:
+    """The columns the rewards read, from one sample whose image was loaded."""
+    assert sample.image is not None
+    return {
+        "sample_id": sample.id,
+        "image_path": sample.image.path,
+        "reference_caption": sample.reference_caption,
+        "reference_facts": list(sample.reference_facts),
+        "questions": [q.to_dict() for q in sample.questions],
+        "domain": sample.domain,
+    }
 
 
 def recipe_words(message: str) -> str:
@@ -88,32 +91,9 @@ def recipe_words(message: str) -> str:
 
 
 def _file_rows(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for number, obj in read_jsonl(path):
-        image, caption = obj.get("image"), obj.get("caption")
-        if not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
-            raise InputError(f"{path}:{number}: needs 'image' (a path) and a non-empty 'caption'")
-        image_path = (path.parent / image) if not Path(image).is_absolute() else Path(image)
-        if not image_path.is_file():
-            raise InputError(f"{path}:{number}: image {image_path} not found; fix the path (relative to the file)")
-        try:
-            asked = obj.get("questions") or []
-            questions = [Question.from_dict({"id": f"{number}-{k}", **q}).to_dict() for k, q in enumerate(asked)]
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"{path}:{number}: a question needs 'question', 'choices' and 'answer' ({exc})") from None
-        except InputError as exc:
-            raise InputError(f"{path}:{number}: {exc}") from None
-        out.append(
-            {
-                "sample_id": str(obj.get("id") or f"line-{number}"),
-                "image_path": str(image_path),
-                "reference_caption": caption,
-                "reference_facts": list(obj.get("facts") or []),
-                "questions": questions,
-                "domain": str(obj.get("domain") or "default"),
-            }
-        )
-    return out
+    """Read a JSONL training file with capbench's ``jsonl`` benchmark, the reader `capbench eval` uses."""
+    bench = load_benchmark("jsonl", with_images=True, data_file=path)
+    return [_row(s) for s in bench.samples]
 
 
 def dataset(recipe: Recipe) -> Any:

@@ -1,74 +1,85 @@
-"""Score each saved checkpoint with ``capbench eval`` on a held-out set, beside the training logs.
+"""Score each saved checkpoint with capbench on a held-out set, beside the training logs.
 
-When the trainer saves ``<output_dir>/checkpoint-<step>``, :class:`CheckpointEval` runs
-``capbench eval --model <checkpoint>`` in a child process (its own model copy and judges; the
-training process keeps its memory), with the recipe's prompt, judge and protocol, into
-``<output_dir>/eval/``. Each evaluation appends one line to ``<output_dir>/eval.jsonl`` (the
-step, the checkpoint, every metric's summary, the judge calls) and its headline numbers to the
-trainer's log history as ``eval/<metric>``, so ``trainer_state.json`` holds them next to the
-training metrics. An evaluation that fails is written down with its error and training goes on.
+When the trainer saves ``<output_dir>/checkpoint-<step>``, :class:`CheckpointEval` calls
+:func:`capbench.evaluate` with the checkpoint as the captioning model, the recipe's prompt,
+judge and protocol, into ``<output_dir>/eval/``. It runs in a child process of its own (its own
+model copy and judges; the training process keeps its memory); the two speak through the
+library: the child gets an :class:`capbench.EvalConfig` and returns the evaluation's report.
+Each evaluation appends one line to ``<output_dir>/eval.jsonl`` (the step, the checkpoint, every
+metric's summary, the judge calls) and its headline numbers to the trainer's log history as
+``eval/<metric>``, so ``trainer_state.json`` holds them next to the training metrics. An
+evaluation that fails is written down with its error and training goes on.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import capbench
 from capbench.runs import JsonlLog
 from capbench_rl.recipe import Recipe
 
 
-def eval_command(recipe: Recipe, checkpoint: Path, name: str) -> list[str]:
-    """The ``capbench eval`` command line that scores ``checkpoint`` on the recipe's held-out set."""
+def eval_config(recipe: Recipe, checkpoint: Path, name: str) -> capbench.EvalConfig:
+    """The evaluation of ``checkpoint`` on the recipe's held-out set, as library settings."""
     assert recipe.eval_benchmark is not None
-    command = [
-        sys.executable, "-m", "capbench", "eval", "--benchmark", recipe.eval_benchmark,
-        "--model", str(checkpoint), "--engine", recipe.eval_engine, "--name", name,
-        "--caption-prompt", recipe.prompt, "--caption-max-tokens", str(recipe.max_completion_length),
-        "--metrics", ",".join(recipe.eval_metrics), "--judge", recipe.judge,
-        "--fact-protocol", recipe.fact_protocol, "--answer-mode", recipe.qa_answer_mode,
-        "--caprl-samples", str(recipe.caprl_samples),
-        "--seed", str(recipe.seed), "--results-dir", str(Path(recipe.output_dir) / "eval"), "--json",
-        "--regenerate", "--overwrite",  # a rerun into the same output_dir has new weights under the same name
-    ]  # fmt: skip
-    for option in recipe.judge_options:
-        command += ["--judge-opt", option]
-    for option in recipe.eval_model_options:
-        command += ["--model-opt", option]
-    if recipe.vision_judge:
-        command += ["--vision-judge", recipe.vision_judge]
-    for flag, value in (
-        ("--dataset", recipe.eval_dataset),
-        ("--split", recipe.eval_split),
-        ("--images-dir", recipe.eval_images_dir),
-    ):
-        if value:
-            command += [flag, value]
-    if recipe.eval_limit:
-        command += ["--limit", str(recipe.eval_limit)]
-    return command
+    loader = {
+        key: value
+        for key, value in (
+            ("dataset", recipe.eval_dataset),
+            ("split", recipe.eval_split),
+            ("images_dir", recipe.eval_images_dir),
+        )
+        if value
+    }
+    return capbench.EvalConfig(
+        benchmark=recipe.eval_benchmark,
+        benchmark_options=loader,
+        model=str(checkpoint),
+        engine=recipe.eval_engine,
+        model_options=list(recipe.eval_model_options),
+        name=name,
+        caption_prompt=recipe.prompt,
+        caption_max_tokens=recipe.max_completion_length,
+        metrics=list(recipe.eval_metrics),
+        judge=recipe.judge,
+        judge_options=list(recipe.judge_options),
+        vision_judge=recipe.vision_judge,
+        fact_protocol=recipe.fact_protocol,
+        answer_mode=recipe.qa_answer_mode,
+        caprl_samples=recipe.caprl_samples,
+        seed=recipe.seed,
+        results_dir=str(Path(recipe.output_dir) / "eval"),
+        limit=recipe.eval_limit or None,
+        regenerate=True,  # a rerun into the same output_dir has new weights under the same name
+        overwrite=True,
+    )
+
+
+def _evaluate(settings: dict[str, Any]) -> dict[str, Any]:
+    """In the child process: run the evaluation and return its report (what ``capbench eval --json`` prints)."""
+    return capbench.evaluate(capbench.EvalConfig.from_dict(settings)).to_dict()
 
 
 def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, step: int) -> dict[str, Any]:
-    """Run ``capbench eval`` on one checkpoint; return the eval.jsonl entry (with ``error`` if it failed)."""
+    """Evaluate one checkpoint in a child process; return the eval.jsonl entry (with ``error`` if it failed)."""
     start = time.perf_counter()
     entry: dict[str, Any] = {"step": step, "checkpoint": str(checkpoint)}
-    done = subprocess.run(eval_command(recipe, checkpoint, checkpoint.name), capture_output=True, text=True)
-    entry["seconds"] = round(time.perf_counter() - start, 3)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        entry["error"] = f"capbench eval exited with {done.returncode}: " + " | ".join(tail)
-        return entry
     try:
-        report = json.loads(done.stdout)
+        config = eval_config(recipe, checkpoint, checkpoint.name)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            report = pool.submit(_evaluate, config.to_dict()).result()
         [run] = report["runs"]
-    except (json.JSONDecodeError, KeyError, ValueError) as exc:
-        entry["error"] = f"capbench eval printed no readable report ({exc})"
+    except Exception as exc:  # any failure of the evaluation is written down; training goes on
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        entry["error"] = f"evaluating {checkpoint.name} failed: {type(exc).__name__}: {exc}"
         return entry
+    entry["seconds"] = round(time.perf_counter() - start, 3)
     entry.update(
         results_dir=run["results_dir"],
         samples=run["samples"],

@@ -18,12 +18,31 @@ from typing import Any, Literal, Union
 
 from capbench.errors import ConfigError
 
+#: capbench's own rewards; installed plugins' metrics may declare more (:func:`reward_names`).
 REWARDS = (
     "balcap_precision", "balcap_recall", "balcap_linguistic", "length_penalty", "caprl_qa_utility", "dcscore",
     "captionqa",
 )  # fmt: skip
-#: Rewards that ask questions about the image: the data must carry them.
+#: capbench's own rewards that ask questions about the image: the data must carry them (:func:`qa_rewards`).
 QA_REWARDS = ("caprl_qa_utility", "captionqa")
+#: Rewards that are not a metric's: computed from lengths alone.
+LENGTH_REWARDS = ("length_penalty",)
+
+
+def reward_names() -> list[str]:
+    """Every reward a recipe may name: the length penalty, then what the installed metrics declare."""
+    import capbench
+
+    return [*LENGTH_REWARDS, *capbench.reward_table()]
+
+
+def qa_rewards() -> list[str]:
+    """The rewards whose metric needs multiple-choice questions (the training data must carry them)."""
+    import capbench
+    from capbench.metrics import metric_class
+
+    table = capbench.reward_table()
+    return [r for r, (metric, _, _) in table.items() if "questions" in capbench.describe(metric_class(metric)).needs]
 #: Recipe fields that are GRPOConfig fields of the same name.
 TRL_FIELDS = (
     "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",
@@ -128,9 +147,13 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self._check_types()
-        unknown = sorted(set(self.rewards) - set(REWARDS))
+        names = reward_names()
+        unknown = sorted(set(self.rewards) - set(names))
         if unknown or not self.rewards:
-            raise ConfigError(f"recipe rewards {unknown or '{}'}: choose from {', '.join(REWARDS)}")
+            raise ConfigError(
+                f"recipe rewards {unknown or '{}'}: choose from {', '.join(names)} (installed metrics add rewards "
+                "through the 'capbench.metrics' entry-point group)"
+            )
         if (self.benchmark is None) == (self.data_file is None):
             raise ConfigError("a recipe needs exactly one of benchmark and data_file")
         if self.length_band is not None and not (

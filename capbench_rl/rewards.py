@@ -1,7 +1,8 @@
 """capbench metrics as TRL reward functions, with length-conditional masking and a length penalty.
 
-The rewards: BalCapRL's precision, recall and linguistic quality; CapRL's QA utility; and, for
-ablations, DCScore and CaptionQA, each scaled into [0, 1] (:data:`METRIC_REWARDS`).
+The rewards: BalCapRL's precision, recall and linguistic quality; CapRL's QA utility; for
+ablations, DCScore and CaptionQA; and any reward an installed plugin's metric declares, each
+scaled into [0, 1] (:func:`metric_rewards`, the table the metrics declare).
 
 Each reward is a module-level ``async def f(prompts, completions, **columns) -> list[float | None]``
 configured with :func:`functools.partial`: TRL detects coroutine functions with
@@ -29,11 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from capbench.engines import build_engine, parse_engine
-from capbench.engines.cache import CachedEngine, ResponseCache
+import capbench
 from capbench.errors import ConfigError
-from capbench.metrics import build_metric, config_class
-from capbench.metrics.facts import FactConfig
 from capbench.records import Caption, Question, Sample
 
 Unit = Literal["words", "tokens"]
@@ -67,9 +65,17 @@ class JudgeSetup:
 
 @dataclass
 class _Runtime:
-    judges: dict[str, CachedEngine]
-    metrics: dict[str, Any] = field(default_factory=dict)
+    setup: JudgeSetup
+    metrics: dict[Any, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    built: dict[str, Any] | None = None
+
+    @property
+    def judges(self) -> dict[str, Any]:
+        """The judges, built (loaded) on first use: a reward whose metric needs no judge loads none."""
+        if self.built is None:
+            self.built = capbench.build_judges(config(self.setup))
+        return self.built
 
 
 _RUNTIMES: dict[JudgeSetup, _Runtime] = {}
@@ -80,12 +86,22 @@ def runtime(setup: JudgeSetup) -> _Runtime:
     """Return this process's judges for ``setup``, building them on first use."""
     with _RUNTIMES_LOCK:
         if setup not in _RUNTIMES:
-            cache = ResponseCache(setup.cache)
-            judges = {"text": _judge(setup.judge, setup.judge_options, cache)}
-            if setup.vision_judge:
-                judges["vision"] = _judge(setup.vision_judge, setup.vision_judge_options, cache)
-            _RUNTIMES[setup] = _Runtime(judges)
+            _RUNTIMES[setup] = _Runtime(setup)
         return _RUNTIMES[setup]
+
+
+def config(setup: JudgeSetup, metrics: Mapping[str, Mapping[str, Any]] | None = None) -> capbench.EvalConfig:
+    """The library settings of ``setup``'s judges (and of ``metrics``, with their settings)."""
+    return capbench.EvalConfig(
+        judge=setup.judge,
+        judge_options=list(setup.judge_options),
+        vision_judge=setup.vision_judge,
+        vision_judge_options=list(setup.vision_judge_options),
+        fact_protocol=setup.fact_protocol,
+        cache=setup.cache if setup.cache is not None else True,
+        seed=setup.seed,
+        metrics=dict(metrics or {}),
+    )
 
 
 def judge_usage() -> dict[str, int]:
@@ -93,14 +109,9 @@ def judge_usage() -> dict[str, int]:
     total: Counter[str] = Counter()
     with _RUNTIMES_LOCK:
         for state in _RUNTIMES.values():
-            for judge in state.judges.values():
+            for judge in (state.built or {}).values():
                 total.update(calls=judge.stats.calls, cache_hits=judge.stats.cache_hits, failures=judge.stats.failures)
     return dict(total)
-
-
-def _judge(spec: str, options: Sequence[str], cache: ResponseCache) -> CachedEngine:
-    parsed = parse_engine(spec, options)
-    return CachedEngine(build_engine(parsed), cache, spec=parsed.to_dict())
 
 
 def completion_text(completion: Any) -> str:
@@ -162,15 +173,30 @@ def linear_length_penalty(rho: float, coef: float = 1.0) -> float:
     return -coef * abs(rho - 1.0)
 
 
-#: Reward name -> (metric, the per-sample value that becomes the reward, divisor into [0, 1]).
-METRIC_REWARDS: dict[str, tuple[str, str, float]] = {
-    "balcap_precision": ("balcap", "precision", 1.0),
-    "balcap_recall": ("balcap", "recall", 1.0),
-    "balcap_linguistic": ("balcap", "linguistic", 1.0),
-    "caprl_qa_utility": ("caprl", "utility", 100.0),
-    "dcscore_reward": ("dcscore", "dcscore", 100.0),
-    "captionqa_reward": ("captionqa", "score", 100.0),
-}
+def metric_rewards() -> dict[str, tuple[str, str, float]]:
+    """Reward name -> (metric, the per-sample value that becomes the reward, divisor into [0, 1]).
+
+    The table is what the installed metrics declare (``rewards`` in :class:`capbench.MetricInfo`),
+    capbench's own and plugins' alike; see :func:`capbench.reward_table`.
+    """
+    return capbench.reward_table()
+
+
+class MetricReward:
+    """A reward a metric declares, as a TRL reward function: picklable, async, logged under the reward's name.
+
+    capbench's own rewards are module-level functions (named for TRL's logs); a plugin's reward
+    is an instance of this class, whose ``__name__`` is the reward name.
+    """
+
+    def __init__(self, name: str, **settings: Any) -> None:
+        self.__name__ = name
+        self.name = name
+        self.settings = settings
+
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
+        """Score the rollouts with the reward's metric."""
+        return await metric_reward(prompts, completions, name=self.name, **{**self.settings, **columns})
 
 
 async def metric_reward(
@@ -186,7 +212,7 @@ async def metric_reward(
     tokenizer: str | None = None,
     **columns: Any,
 ) -> list[float | None]:
-    """Score each rollout with the capbench metric behind reward ``name`` (see :data:`METRIC_REWARDS`).
+    """Score each rollout with the capbench metric behind reward ``name`` (see :func:`metric_rewards`).
 
     The rollouts become capbench samples from the dataset columns TRL passes along
     (``sample_id``, ``reference_caption``, ``reference_facts``, ``questions``, ``domain``), so a
@@ -194,7 +220,10 @@ async def metric_reward(
     ``band``, a rollout whose length ratio lies outside it gets 0 without asking the judge.
     """
     start = time.perf_counter()
-    metric, key, scale = METRIC_REWARDS[name]
+    table = metric_rewards()
+    if name not in table:
+        raise ConfigError(f"no installed metric declares reward {name!r}; the rewards: {', '.join(sorted(table))}")
+    metric, key, scale = table[name]
     captions = [completion_text(c) for c in completions]
     counter = _tokenizer(unit, tokenizer)
     masked = [
@@ -246,12 +275,10 @@ def _score(
     with state.lock:  # one scoring at a time per judge set; concurrent rewards then hit the cache
         metric = state.metrics.get((metric_name, options))
         if metric is None:
-            if config_class(metric_name) == "FactConfig":
-                metric = build_metric(metric_name, FactConfig.preset(setup.fact_protocol, seed=setup.seed))
-            else:
-                metric = build_metric(metric_name, seed=setup.seed, **dict(options))
+            [metric], _ = capbench.build_metrics(config(setup, {metric_name: dict(options)}))
             state.metrics[(metric_name, options)] = metric
-        scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], state.judges)
+        judges = state.judges if metric.judge_roles else {}
+        scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], judges)
     return [s.values for s in scores]
 
 
@@ -298,12 +325,12 @@ async def caprl_qa_utility(prompts: Sequence[Any], completions: Sequence[Any], *
 
 async def dcscore_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """The image's DCScore / 100 (ablations)."""
-    return await metric_reward(prompts, completions, name="dcscore_reward", **columns)
+    return await metric_reward(prompts, completions, name="dcscore", **columns)
 
 
 async def captionqa_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """The image's CaptionQA score / 100, "cannot answer" credit included (ablations)."""
-    return await metric_reward(prompts, completions, name="captionqa_reward", **columns)
+    return await metric_reward(prompts, completions, name="captionqa", **columns)
 
 
 def reward(func: Callable[..., Any], **settings: Any) -> functools.partial[Any]:

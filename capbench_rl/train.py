@@ -51,7 +51,9 @@ def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
         "dcscore": lambda: R.reward(R.dcscore_reward, setup=setup),
         "captionqa": lambda: R.reward(R.captionqa_reward, setup=setup, metric_options=qa),
     }
-    return [made[name]() for name in recipe.rewards], [float(w) for w in recipe.rewards.values()]
+    # A reward a plugin's metric declares: scored the same way, logged under its own name.
+    funcs = [made[name]() if name in made else R.MetricReward(name, setup=setup) for name in recipe.rewards]
+    return funcs, [float(w) for w in recipe.rewards.values()]
 
 
 def build_trainer(recipe: Recipe) -> Any:

@@ -133,7 +133,7 @@ def test_results_carry_their_format_and_a_newer_one_is_refused(tmp_path):
     from capbench.evaluation import Evaluator
     from capbench.leaderboard import load_results
     from capbench.metrics import build_metric
-    from capbench.records import RESULTS_FORMAT, read_caption_file
+    from capbench.records import RESULTS_FORMAT, SampleScore, read_caption_file
     from capbench.runs import RunDir, ScoreLog
 
     bench = load_benchmark("mini")
@@ -145,13 +145,20 @@ def test_results_carry_their_format_and_a_newer_one_is_refused(tmp_path):
     lines = [json.loads(x) for x in run.scores("captionqa").path.read_text().splitlines()]
     manifest = json.loads(run.manifest_path.read_text())
     assert manifest["format"] == RESULTS_FORMAT and {line["format"] for line in lines} == {RESULTS_FORMAT}
+    # format 2: each line carries its sample's headline units, the manifest the metric's description
+    metric = build_metric("captionqa")
+    for line in lines:
+        score = SampleScore.from_dict(line)
+        assert [list(u[1:]) for u in metric.units([score])] == line["units"]
+    assert manifest["metrics"]["captionqa"]["info"]["higher_is_better"] is True
+    assert manifest["metrics"]["captionqa"]["info"]["columns"][0] == ["score", "score"]
     # a line from before formats were written (format 0) is read as it always was
     old = {k: v for k, v in lines[0].items() if k != "format"}
     ScoreLog(tmp_path / "old.jsonl").append_rows([old])
     assert list(ScoreLog(tmp_path / "old.jsonl").load()) == [old["sample_id"]]
     # a newer format is refused, saying what to do, by the resume and by the leaderboard
     ScoreLog(tmp_path / "new.jsonl").append_rows([{**lines[0], "format": RESULTS_FORMAT + 1}])
-    with pytest.raises(InputError, match=r"new\.jsonl:1: written in results format 2 by a newer capbench.*upgrade"):
+    with pytest.raises(InputError, match=rf"new\.jsonl:1: written in results format {RESULTS_FORMAT + 1} by a newer capbench.*upgrade"):
         ScoreLog(tmp_path / "new.jsonl").load()
     run.manifest_path.write_text(json.dumps({**manifest, "format": RESULTS_FORMAT + 1}))
     with pytest.raises(InputError, match="by a newer capbench"):

@@ -209,11 +209,11 @@ def test_benchmark_fields_a_loader_does_not_take_or_that_are_not_there_are_named
 
 
 def test_the_checkpoint_evaluation_gets_the_held_out_images(tmp_path):
-    from capbench_rl.evaluate import eval_command
+    from capbench_rl.evaluate import eval_config
 
     recipe = load_recipe("toy-cpu", ["model=m", "eval_benchmark=decapbench", f"eval_images_dir={tmp_path}"])
-    command = eval_command(recipe, tmp_path / "checkpoint-2", "checkpoint-2")
-    assert command[command.index("--images-dir") + 1] == str(tmp_path)
+    config = eval_config(recipe, tmp_path / "checkpoint-2", "checkpoint-2")
+    assert config.benchmark_options["images_dir"] == str(tmp_path)
 
 
 # --- TRL's vLLM-version warning, and the judge's OpenMP threads -----------------------------------

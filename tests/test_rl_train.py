@@ -133,22 +133,25 @@ def test_training_rows_carry_questions_and_qa_rewards_need_them(tmp_path):
     assert len(mini) == 2 and all(len(r["questions"]) >= 10 for r in mini)
 
 
-def test_the_checkpoint_evaluation_command_carries_the_recipes_protocol(tmp_path):
-    from capbench_rl.evaluate import eval_command
+def test_the_checkpoint_evaluation_carries_the_recipes_protocol(tmp_path):
+    from capbench_rl.evaluate import eval_config
 
     recipe = load_recipe("toy-cpu", ["model=m", f"output_dir={tmp_path}", "judge_options=[n_ctx=2048]",
                                      "eval_split=natural", "eval_metrics=[caprl, balcap]",
                                      "eval_model_options=[max_pixels=65536]"])  # fmt: skip
-    command = eval_command(recipe, tmp_path / "checkpoint-7", "checkpoint-7")
-    value = {flag: command[command.index(flag) + 1] for flag in command if flag.startswith("--")}
-    assert command[1:4] == ["-m", "capbench", "eval"]
-    assert value["--model"] == str(tmp_path / "checkpoint-7") and value["--engine"] == "hf"
-    assert value["--metrics"] == "caprl,balcap" and value["--caprl-samples"] == "4"
-    assert value["--answer-mode"] == "loglik" and value["--caption-max-tokens"] == "8"
-    assert value["--judge-opt"] == "n_ctx=2048" and value["--split"] == "natural" and value["--limit"] == "1"
-    assert value["--model-opt"] == "max_pixels=65536"
-    assert {"--regenerate", "--overwrite", "--json"} <= set(command)
-    assert value["--results-dir"] == str(tmp_path / "eval")
+    config = eval_config(recipe, tmp_path / "checkpoint-7", "checkpoint-7")
+    assert config.model == str(tmp_path / "checkpoint-7") and config.engine == "hf"
+    assert list(config.metrics) == ["caprl", "balcap"] and config.caprl_samples == 4
+    assert config.answer_mode == "loglik" and config.caption_max_tokens == 8
+    assert list(config.judge_options) == ["n_ctx=2048"] and config.benchmark_options == {"split": "natural"}
+    assert config.limit == 1 and list(config.model_options) == ["max_pixels=65536"]
+    assert config.regenerate and config.overwrite and config.name == "checkpoint-7"
+    assert config.results_dir == str(tmp_path / "eval")
+    # the settings cross the process boundary as plain data and come back the same
+    import capbench
+
+    assert capbench.EvalConfig.from_dict(config.to_dict()) == capbench.EvalConfig.from_dict(config.to_dict())
+    assert capbench.EvalConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
 
 
 @pytest.mark.parametrize(

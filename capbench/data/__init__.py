@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from capbench.errors import ConfigError, InputError
 from capbench.hashing import sha256_bytes
@@ -21,6 +21,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "captionqa": (
         "capbench.data.captionqa",
         "CaptionQA: 657 entries in 4 domains with multiple-choice questions (Hugging Face Borise/CaptionQA)",
+    ),
+    "jsonl": (
+        "capbench.data.jsonl",
+        "your own JSONL of images with reference captions, facts and questions (--data-file)",
     ),
 }
 
@@ -57,16 +61,48 @@ def load_benchmark(name: str, with_images: bool = False, **options: object) -> B
     ``options`` go to the benchmark's loader where it takes them (e.g. ``images_dir``); options
     set to None are dropped.
     """
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}; choose one of: {', '.join(sorted(BENCHMARKS))}")
-    module = importlib.import_module(BENCHMARKS[name][0])
-    accepted = inspect.signature(module.load).parameters
+    load = benchmark_loader(name)
+    accepted = inspect.signature(load).parameters
     given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(k for k in given if k not in accepted)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [] if takes_any else sorted(k for k in given if k not in accepted)
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise ConfigError(f"benchmark {name!r} takes no {flags}")
-    return module.load(with_images=with_images, **given)
+    bench = load(with_images=with_images, **given)
+    if not isinstance(bench, Benchmark):
+        from capbench.registry import PluginError
+
+        raise PluginError(f"benchmark {name!r}: its loader returned {type(bench).__name__}, not a capbench Benchmark")
+    return bench
+
+
+def benchmark_names() -> list[str]:
+    """Return every benchmark this install offers: capbench's own, then plugins'."""
+    from capbench import registry
+
+    return registry.benchmarks.names()
+
+
+def benchmark_loader(name: str) -> Any:
+    """Return the ``load(with_images=False, **options)`` function of benchmark ``name``.
+
+    Raises:
+        ConfigError: no such benchmark (the message lists those there are).
+        PluginError: the plugin that provides it failed to import.
+    """
+    from capbench import registry
+
+    load = registry.benchmarks.load(name)
+    if not callable(load):
+        raise registry.PluginError(f"benchmark {name!r} from {registry.benchmarks.entry(name).origin} is not callable")
+    return load
+
+
+def benchmark_options(name: str) -> list[str]:
+    """Return the loader options benchmark ``name`` takes (besides ``with_images``)."""
+    params = inspect.signature(benchmark_loader(name)).parameters
+    return [k for k, p in params.items() if k != "with_images" and p.kind is not inspect.Parameter.VAR_KEYWORD]
 
 
 def image_ref(path: Path, fix: str) -> ImageRef:
@@ -76,7 +112,7 @@ def image_ref(path: Path, fix: str) -> ImageRef:
         InputError: the image is missing, empty, not an image, truncated or too large; the
             message names the file and ends with ``fix``.
     """
-    from capbench.engines.images import image_problem
+    from capbench.images import image_problem
 
     if not path.is_file():
         raise InputError(f"{path}: image missing; {fix}")

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from capbench.data import Benchmark
-from capbench.engines.cache import capbench_home
-from capbench.engines.images import image_type
 from capbench.errors import ConfigError, InputError, MissingDependencyError
 from capbench.hashing import sha256_bytes
+from capbench.home import capbench_home
+from capbench.images import image_type
 from capbench.records import ImageRef, Question, Sample
 
 NAME = "captionqa"

@@ -6,7 +6,6 @@ A judge or model is named ``ENGINE:MODEL``: ``llamacpp:smollm2`` (the embedded C
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from capbench.engines.base import (
@@ -50,10 +49,45 @@ def build_engine(spec: str | EngineSpec, **options: Any) -> Engine:
     parsed = spec if isinstance(spec, EngineSpec) else parse_engine(spec)
     if options:
         parsed = EngineSpec(parsed.backend, parsed.model, {**parsed.options, **options})
-    module_name, class_name, _ = ENGINES[parsed.backend]
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = engine_class(parsed.backend)
     check_options(cls, parsed)
-    return cls(parsed.model, **parsed.options)
+    engine = cls(parsed.model, **parsed.options)
+    missing = [
+        a for a in ("backend", "accepts_images", "supports_loglik", "fingerprint", "run") if not hasattr(engine, a)
+    ]
+    if missing:
+        from capbench import registry
+
+        raise registry.PluginError(
+            f"engine {parsed.backend!r} from {registry.engines.entry(parsed.backend).origin} lacks "
+            f"{', '.join(missing)} of the Engine protocol (capbench.engines.Engine)"
+        )
+    return engine
+
+
+def engine_names() -> list[str]:
+    """Return every engine backend this install offers: capbench's own, then plugins'."""
+    from capbench import registry
+
+    return registry.engines.names()
+
+
+def engine_class(backend: str) -> type:
+    """Return the engine class of ``backend`` (a plugin's is imported here).
+
+    Raises:
+        ConfigError: no such backend (the message lists those there are).
+        PluginError: the plugin that provides it failed to import, or is not an engine class.
+    """
+    from capbench import registry
+
+    cls = registry.engines.load(backend)
+    if not isinstance(cls, type) or not callable(getattr(cls, "run", None)):
+        raise registry.PluginError(
+            f"engine {backend!r} from {registry.engines.entry(backend).origin} is not an engine class "
+            "(it needs run(requests) and fingerprint())"
+        )
+    return cls
 
 
 __all__ = [
@@ -71,6 +105,8 @@ __all__ = [
     "TextPart",
     "build_engine",
     "check_options",
+    "engine_class",
+    "engine_names",
     "is_hub_id",
     "local_model_folder",
     "parse_engine",

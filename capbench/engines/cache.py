@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 from capbench.engines.base import Engine, OnResult, Request, Response, describe, preflight, request_key
 from capbench.errors import ConfigError
 from capbench.hashing import canonical_json
+from capbench.home import capbench_home  # also importable from here, where it used to live
 
 SCHEMA_VERSION = 1
 #: Seconds a statement waits for another process's lock before the cache gives up on it.
@@ -59,12 +60,6 @@ class CacheFileError(ConfigError):
     def __init__(self, message: str, kind: Trouble) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def capbench_home() -> Path:
-    """Return capbench's state directory: ``$CAPBENCH_HOME`` or ``~/.cache/capbench``."""
-    home = os.environ.get("CAPBENCH_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "capbench"
 
 
 def default_cache_path() -> Path:

@@ -45,13 +45,15 @@ class EngineSpec:
         return {"engine": self.backend, "model": self.model, "options": dict(self.options)}
 
 
-def parse_engine(spec: str, options: Sequence[str] = (), base_url: str | None = None) -> EngineSpec:
-    """Parse ``ENGINE:MODEL`` or a YAML spec file, then ``KEY=VALUE`` options and a base URL on top.
+def parse_engine(
+    spec: str, options: Sequence[str] | Mapping[str, Any] = (), base_url: str | None = None
+) -> EngineSpec:
+    """Parse ``ENGINE:MODEL`` or a YAML spec file, then options (``KEY=VALUE`` strings or a mapping) and a base URL.
 
     Raises:
         ConfigError: the spec, a file or an option is malformed, or an option looks like a secret.
     """
-    from capbench.engines import ENGINES
+    from capbench import registry
 
     if spec.endswith((".yaml", ".yml")) and Path(spec).is_file():
         backend, model, merged = _read_yaml(Path(spec))
@@ -62,13 +64,16 @@ def parse_engine(spec: str, options: Sequence[str] = (), base_url: str | None = 
         if not sep or not model:
             raise ConfigError(f"engine spec {spec!r} is not ENGINE:MODEL (e.g. llamacpp:smollm2) or a .yaml file")
         merged = {}
-    if backend not in ENGINES:
-        raise ConfigError(f"unknown engine {backend!r} in {spec!r}; choose one of: {', '.join(sorted(ENGINES))}")
+    if backend not in registry.engines.entries():
+        raise ConfigError(f"unknown engine {backend!r} in {spec!r}; {registry.engines.available()}")
     if backend in _CHECKPOINT_FILES:  # a mistyped folder is named now, not by the hub lookup after a load
         from capbench.engines.models import local_model_folder
 
         local_model_folder(model, f"{backend} engine", _CHECKPOINT_FILES[backend])
-    merged.update(parse_options(options))
+    if isinstance(options, Mapping):
+        merged.update({str(k).replace("-", "_"): v for k, v in options.items()})
+    else:
+        merged.update(parse_options(options))
     if base_url:
         merged["base_url"] = base_url
     for name in merged:

@@ -248,6 +248,21 @@ class Arena:
     value_range = (-100.0, 100.0)
     needs = frozenset({"reference_caption", "baselines"})
     judge_roles = ("text", "vision")
+    title = "CapArena-Auto"
+    description = "CapArena-Auto: pairwise judgments against fixed baseline captions, 100 × (wins − losses) / pairs"
+    unit = "points (-100 to 100)"
+    columns = (
+        ("score", "score"),
+        ("words", "length"),
+        ("swap-proof %", "consistency"),
+        ("unscored", "failed"),
+        ("judge saw", "judge_mode"),
+    )
+    breakdowns = (("CapArena-Auto score per baseline", "baselines", "score"),)
+    note = (
+        "judge {judge} (order: {arena_order}; 'both' = a win must survive the swap); score = mean over baselines "
+        "of 100 × (wins − losses) / judged pairs; swap-proof = verdicts the same in both orders"
+    )
 
     def __init__(self, config: ArenaConfig | None = None) -> None:
         self.cfg = config or ArenaConfig()

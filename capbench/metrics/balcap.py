@@ -70,6 +70,21 @@ class BalCap(FactMetric):
     linguistic = True
     keys = KEYS
     headline = "b_capscore"
+    title = "BalCapRL"
+    description = "BalCapRL rewards: pointable precision, reference recall, linguistic quality; b-CapScore"
+    columns = (
+        ("b-CapScore", "score"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("linguistic", "linguistic"),
+        ("unscored", "failed"),
+        ("verified by", "verify_mode"),
+    )
+    rewards = (
+        ("balcap_precision", "precision", 1.0),
+        ("balcap_recall", "recall", 1.0),
+        ("balcap_linguistic", "linguistic", 1.0),
+    )
 
     def values(self, judgments: FactJudgments) -> dict[str, float | None]:
         """Return precision, recall and linguistic in [0, 1], and b-CapScore (None without a rating)."""

@@ -71,6 +71,17 @@ class CapRL:
     value_range = (0.0, 100.0)
     needs = frozenset({"questions"})
     judge_roles = ("text",)
+    title = "CapRL QA utility"
+    description = "CapRL QA utility: share of N drawn questions a text LLM answers right from the caption"
+    unit = "points (0-100)"
+    columns = (
+        ("utility", "score"),
+        ("cannot %", "cannot_answer_rate"),
+        ("unscored draws", "unscored_draws"),
+        ("no utility", "no_utility"),
+    )
+    note = "judge {judge} ({answer_mode} answers); utility = 100 × share of draws answered right"
+    rewards = (("caprl_qa_utility", "utility", 100.0),)
 
     def __init__(self, config: CapRLConfig | None = None) -> None:
         self.cfg = config or CapRLConfig()

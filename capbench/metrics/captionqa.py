@@ -213,6 +213,18 @@ class CaptionQA:
     value_range = (0.0, 100.0)
     needs = frozenset({"questions"})
     judge_roles = ("text",)
+    title = "CaptionQA"
+    description = "multiple-choice questions answered from the caption alone (CaptionQA)"
+    unit = "points (0-100)"
+    columns = (
+        ("score", "score"),
+        ("accuracy", "accuracy"),
+        ("cannot %", "cannot_answer_rate"),
+        ("unscored", "unparsed+failed"),
+    )
+    breakdowns = (("CaptionQA score by domain", "domains", "score"),)
+    note = "judge {judge} ({answer_mode} answers); score = mean of domain scores, 0-100"
+    rewards = (("captionqa", "score", 100.0),)
 
     def __init__(self, config: CaptionQAConfig | None = None) -> None:
         self.cfg = config or CaptionQAConfig()

@@ -105,6 +105,18 @@ class DCScore(FactMetric):
     name = "dcscore"
     keys = (*KEYS, "dcscore")
     headline = "dcscore"
+    title = "DCScore"
+    description = "precision and recall of the caption's atomic facts against human facts (DeCapBench)"
+    columns = (
+        ("DCScore", "score"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("F1", "f1"),
+        ("F1 descr.", "f1_descriptive"),
+        ("unscored", "failed"),
+        ("verified by", "verify_mode"),
+    )
+    rewards = (("dcscore", "dcscore", 100.0),)
 
     def values(self, judgments: FactJudgments) -> dict[str, float | None]:
         """Return the trial-averaged precision, recall and F1 (all and descriptive) and the image's DCScore."""

@@ -486,6 +486,11 @@ class FactMetric:
     value_range = (0.0, 100.0)
     needs = frozenset({"reference_caption"})
     judge_roles = ("text", "vision")
+    unit = "points (0-100)"
+    note = (
+        "judge {judge} ({fact_protocol} protocol); 0-100; unscored = images left out; 'reference': facts "
+        "checked against the reference caption only (no vision judge)"
+    )
     #: Stages after decomposition whose prompts the metric uses.
     stages: tuple[str, ...] = ("match", "verify")
     #: Whether the linguistic rating is asked for.

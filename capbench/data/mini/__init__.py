@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from capbench.data import Benchmark
-from capbench.engines.cache import capbench_home
 from capbench.errors import InputError, MissingDependencyError
 from capbench.hashing import sha256_bytes
+from capbench.home import capbench_home
 from capbench.records import ImageRef, Question, Sample, read_caption_file, read_jsonl
 
 NAME = "mini"
