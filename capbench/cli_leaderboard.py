@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from capbench.errors import ConfigError
-from capbench.leaderboard import FORMATS, Board, Leaderboard, build_leaderboard, load_results, to_records
-from capbench.tables import display_rows, notes, write_tables
+from capbench.leaderboard import FORMATS, Board, Leaderboard, leaderboard_report, publish
+from capbench.tables import display_rows, notes
 
 
 def parse_formats(value: str) -> list[str]:
@@ -32,80 +31,29 @@ def parse_formats(value: str) -> list[str]:
 
 
 def run(opts: Mapping[str, Any]) -> None:
-    """Run ``capbench leaderboard``."""
-    started = time.perf_counter()
-    formats = parse_formats(opts["formats"])
+    """Run ``capbench leaderboard``: the library's :func:`~capbench.leaderboard.publish`, then print."""
     results_dir = Path(opts["results_dir"])
-    results = load_results(results_dir, opts.get("benchmark"))
-    board_set = build_leaderboard(results, opts.get("sort"), opts.get("baseline"), opts["rounds"], opts["seed"])
-    heatmap_metric = opts.get("heatmap_metric")
-    if heatmap_metric and not any(heatmap_metric in b.metrics for b in board_set.boards):
-        shown = sorted({m for b in board_set.boards for m in b.metrics})
-        raise ConfigError(f"--heatmap-metric {heatmap_metric!r}: no results of it; choose from {', '.join(shown)}")
     out = Path(opts["out"]) if opts.get("out") else results_dir / "leaderboard"
-    mark = time.perf_counter()
-    files = write_tables(board_set, out, formats)
-    board_set.timings["tables"] = time.perf_counter() - mark
-    if opts["figures"]:
-        mark = time.perf_counter()
-        files += _figures(board_set, out, heatmap_metric)
-        board_set.timings["figures"] = time.perf_counter() - mark
-    board_set.timings["total"] = time.perf_counter() - started
+    settings = {
+        "benchmark": opts.get("benchmark"),
+        "sort": opts.get("sort"),
+        "baseline": opts.get("baseline"),
+        "rounds": opts["rounds"],
+        "seed": opts["seed"],
+        "out": out,
+        "formats": parse_formats(opts["formats"]),
+        "figures": opts["figures"],
+        "heatmap_metric": opts.get("heatmap_metric"),
+    }
     if opts["as_json"]:
-        click.echo(json.dumps(report(board_set, results_dir, files), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(leaderboard_report(results_dir, **settings), indent=2, ensure_ascii=False))
         return
+    board_set = publish(results_dir, **settings)
     print_boards(board_set)
     console = Console()
-    console.print(Text(f"wrote {len(files)} file(s) to {out}/:", style="bold"))
-    for path in files:
+    console.print(Text(f"wrote {len(board_set.files)} file(s) to {out}/:", style="bold"))
+    for path in board_set.files:
         console.print(Text(f"  {path}"))
-
-
-def _figures(board_set: Leaderboard, out: Path, heatmap_metric: str | None) -> list[Path]:
-    from capbench.plots import write_figures
-
-    files: list[Path] = []
-    for board in board_set.boards:
-        metric = heatmap_metric if heatmap_metric in board.metrics else None
-        if heatmap_metric and metric is None:
-            board_set.warnings.append(
-                f"{board.benchmark}: no {heatmap_metric} results; its heat map shows another metric"
-            )
-        files += write_figures(board, out, metric)
-    return files
-
-
-def report(board_set: Leaderboard, results_dir: Path, files: Sequence[Path]) -> dict[str, Any]:
-    """Return the ``--json`` output: every board's rows, notes and settings, the files and timings."""
-    boards = []
-    for board in board_set.boards:
-        metrics = {
-            m: {
-                "higher_is_better": board.infos[m].higher_is_better,
-                "range": list(board.infos[m].value_range),
-                "mixed_groups": board.mixed.get(m, {}),
-            }
-            for m in board.metrics
-        }
-        boards.append(
-            {
-                "benchmark": board.benchmark,
-                "sort": board.sort,
-                "baseline": board.baseline,
-                "metrics": metrics,
-                "rows": to_records(board.frame),
-                "notes": notes(board, board_set.rounds, board_set.seed),
-            }
-        )
-    return {
-        "results_dir": str(results_dir),
-        "rounds": board_set.rounds,
-        "seed": board_set.seed,
-        "boards": boards,
-        "warnings": board_set.warnings,
-        "files": [str(p) for p in files],
-        "timings": {k: round(v, 4) for k, v in board_set.timings.items()},
-    }
 
 
 def print_boards(board_set: Leaderboard) -> None:

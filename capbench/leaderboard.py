@@ -1,9 +1,12 @@
 """Leaderboards from results folders: headlines with bootstrap intervals, paired differences, tables.
 
-Reads what ``capbench eval`` wrote (``<results>/<benchmark>/<caption set>/``) and knows no metric
-by name: every metric gives *units* whose stratified mean is its headline
-(:func:`capbench.metrics.base.headline`), so one stratified bootstrap serves them all. A column
-whose rows were judged by different judges or protocols is flagged, never silently compared.
+Reads what ``capbench eval`` wrote (``<results>/<benchmark>/<caption set>/``, described in
+``docs/results-format.md``) and needs no metric's code: every metric gives *units* whose
+stratified mean is its headline (:func:`capbench.metrics.base.headline`), so one stratified
+bootstrap serves them all. Results of format 2 carry each sample's units and the metric's
+description (direction, range, title); only older results are read with the installed metric's
+code. A column whose rows were judged by different judges or protocols is flagged, never
+silently compared.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from capbench.errors import CapbenchError, ConfigError, InputError
 from capbench.hashing import content_hash
-from capbench.metrics import METRICS, build_metric
+from capbench.metrics import METRICS, build_metric, describe, metric_names
 from capbench.metrics.base import Metric, Unit, headline
-from capbench.records import SampleScore, check_format, read_caption_file
+from capbench.records import RESERVED_METRIC_NAMES, MetricInfo, SampleScore, check_format, read_caption_file
 from capbench.runs import ScoreLog, safe_name
 
 if TYPE_CHECKING:
@@ -35,18 +38,9 @@ FORMATS = {"md": "leaderboard.md", "csv": "leaderboard.csv", "tex": "leaderboard
 _BLOCK = 4_000_000
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    """What the leaderboard needs to know about a metric: its direction and range."""
-
-    name: str
-    higher_is_better: bool
-    value_range: tuple[float, float]
-
-
 @dataclass
 class MetricResult:
-    """One metric's scores of one caption set, and what produced them."""
+    """One metric's scores of one caption set, what the metric declares, and what produced them."""
 
     info: MetricInfo
     units: list[Unit]
@@ -81,6 +75,13 @@ class Run:
     samples: int
     words: float | None
     metrics: dict[str, MetricResult]
+    #: The results format of its manifest (see :data:`capbench.records.RESULTS_FORMAT`).
+    format: int = 0
+
+    @property
+    def infos(self) -> dict[str, MetricInfo]:
+        """Return what each of its metrics declares, by name."""
+        return {name: result.info for name, result in self.metrics.items()}
 
 
 @dataclass
@@ -103,8 +104,10 @@ class Results:
 def load_results(results_dir: str | Path, benchmark: str | None = None) -> Results:
     """Read every run written so far under ``results_dir`` (optionally of one benchmark).
 
-    A broken manifest, an unknown metric or a missing score file skips that part with a warning;
-    a damaged score file (a bad line that is not an unfinished last one) is an error.
+    Results of format 2 are read without any metric's code. A broken manifest, a missing score
+    file, a metric with a reserved name, or older results of a metric this install lacks skip
+    that part with a warning saying what to do; a damaged score file (a bad line that is not an
+    unfinished last one) is an error.
 
     Raises:
         InputError: the folder holds no results (for ``benchmark``), or a score file is damaged.
@@ -113,16 +116,16 @@ def load_results(results_dir: str | Path, benchmark: str | None = None) -> Resul
     root = Path(results_dir)
     if not root.is_dir():
         raise InputError(f"{root}: no such results folder; run `capbench eval` first, or pass the folder it wrote to")
-    warnings: list[str] = []
-    metrics: dict[str, Metric | None] = {}
+    reader = _Reader()
     runs: list[Run] = []
     others: set[str] = set()
     for manifest_path in sorted(root.glob("*/*/manifest.json")):
-        run = _load_run(manifest_path, metrics, warnings)
+        run = reader.run(manifest_path)
         if run is not None and (benchmark is None or run.benchmark == benchmark):
             runs.append(run)
         elif run is not None:
             others.add(run.benchmark)
+    warnings = reader.finish()
     for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
         if not (folder / "manifest.json").exists() and any(folder.glob("*.jsonl")):
             warnings.append(f"{folder}: scores without a manifest.json (a run killed early?); left out")
@@ -133,31 +136,101 @@ def load_results(results_dir: str | Path, benchmark: str | None = None) -> Resul
     return Results(root, runs, warnings, time.perf_counter() - started)
 
 
-def _load_run(path: Path, metrics: dict[str, Metric | None], warnings: list[str]) -> Run | None:
-    manifest = _read_manifest(path, warnings)
-    if manifest is None:
-        return None
-    folder = path.parent
-    captions = _read_captions(folder / "captions.jsonl", warnings)
-    caption_set = manifest.get("caption_set") if isinstance(manifest.get("caption_set"), dict) else {}
-    found: dict[str, MetricResult] = {}
-    for name, entry in manifest["metrics"].items():
-        if name not in metrics:
-            metrics[name] = _build(name, path, warnings)
-        metric = metrics[name]
-        if metric is not None and isinstance(entry, dict):
-            result = _load_metric(folder / f"{safe_name(name)}.jsonl", metric, entry, captions, warnings)
-            if result is not None:
-                found[name] = result
-    words = [len(c.split()) for c in captions.values()] if captions else []
-    return Run(
-        benchmark=str(manifest.get("benchmark") or folder.parent.name),
-        model=str(caption_set.get("name") or folder.name),
-        path=folder,
-        samples=int(caption_set.get("samples") or len(captions)),
-        words=sum(words) / len(words) if words else None,
-        metrics=found,
-    )
+class _Reader:
+    """Reads run folders; builds a metric's code only for results that need it (formats 0 and 1), once."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self._code: dict[str, Metric | str] = {}
+        #: metric -> the folders of older results of it that this install cannot read.
+        self._unreadable: dict[str, list[Path]] = {}
+
+    def run(self, path: Path) -> Run | None:
+        """Return the run whose manifest is ``path`` (None, with a warning, if it cannot be read)."""
+        manifest = _read_manifest(path, self.warnings)
+        if manifest is None:
+            return None
+        folder = path.parent
+        captions = _read_captions(folder / "captions.jsonl", self.warnings)
+        caption_set = manifest.get("caption_set") if isinstance(manifest.get("caption_set"), dict) else {}
+        found: dict[str, MetricResult] = {}
+        for name, entry in manifest["metrics"].items():
+            if name in RESERVED_METRIC_NAMES:
+                self.warnings.append(
+                    f"{path}: metric {name!r} has a reserved name (a leaderboard column or a word meaning no "
+                    "metric); left out: rename the metric in the package that provides it, then rescore"
+                )
+            elif isinstance(entry, dict):
+                result = self.metric(folder, name, entry, captions)
+                if result is not None:
+                    found[name] = result
+        words = [len(c.split()) for c in captions.values()] if captions else []
+        return Run(
+            benchmark=str(manifest.get("benchmark") or folder.parent.name),
+            model=str(caption_set.get("name") or folder.name),
+            path=folder,
+            samples=int(caption_set.get("samples") or len(captions)),
+            words=sum(words) / len(words) if words else None,
+            metrics=found,
+            format=manifest.get("format", 0),
+        )
+
+    def metric(self, folder: Path, name: str, entry: dict[str, Any], captions: dict[str, str]) -> MetricResult | None:
+        """Return one metric's result: units and description from the files, else from the metric's code."""
+        info = _stated_info(folder / "manifest.json", name, entry, self.warnings)
+        path = folder / f"{safe_name(name)}.jsonl"
+        if not path.exists():
+            self.warnings.append(f"{path}: missing, though the manifest lists {name}; left out")
+            return None
+        scores = read_scores(path, self.warnings)
+        if captions:
+            # A later run with --limit rewrites captions.jsonl; the manifest summarises those samples only.
+            scores = [s for s in scores if s.sample_id in captions]
+        if info is not None and all(s.units is not None for s in scores):
+            units = [(s.sample_id, *unit) for s in scores for unit in s.units or ()]
+        else:  # older results (formats 0 and 1): the installed metric says what its scores mean
+            metric = self.code(name, folder)
+            if metric is None:
+                return None
+            units, info = metric.units(scores), info or describe(metric)
+        _check_headline(path, info, entry, units, self.warnings)
+        with_units = {u[0] for u in units}
+        return MetricResult(
+            info=info,
+            units=units,
+            summary=entry.get("summary") if isinstance(entry.get("summary"), dict) else {},
+            judges=_fingerprints(entry.get("judges")),
+            config_hash=str(entry.get("config_hash", "")),
+            failed_ids=sorted(s.sample_id for s in scores if s.sample_id not in with_units and s.unscored > 0),
+        )
+
+    def code(self, name: str, folder: Path) -> Metric | None:
+        """Return the installed metric ``name`` (built once with its defaults), or None, noting the folder."""
+        if name not in self._code:
+            try:
+                metric = build_metric(name)
+                describe(metric)
+                self._code[name] = metric
+            except CapbenchError as exc:
+                self._code[name] = str(exc)
+        found = self._code[name]
+        if isinstance(found, str):
+            self._unreadable.setdefault(name, []).append(folder)
+            return None
+        return found
+
+    def finish(self) -> list[str]:
+        """Return the warnings, with one per metric whose older results this install cannot read."""
+        for name, folders in self._unreadable.items():
+            error = self._code[name]
+            why = f"it cannot be built: {error}" if name in metric_names() else "it is not installed"
+            more = f" and {len(folders) - 1} other run(s)" if len(folders) > 1 else ""
+            self.warnings.append(
+                f"{folders[0]}{more}: its {name!r} results predate results format 2 (no units or description "
+                f"recorded), so reading them needs metric {name!r}, and {why}; left out: install the package that "
+                f"provides metric {name!r}, or rescore with this capbench (`capbench eval ... -m {name} --overwrite`)"
+            )
+        return self.warnings
 
 
 def _read_manifest(path: Path, warnings: list[str]) -> dict[str, Any] | None:
@@ -177,12 +250,33 @@ def _read_manifest(path: Path, warnings: list[str]) -> dict[str, Any] | None:
     return manifest
 
 
-def _build(name: str, path: Path, warnings: list[str]) -> Metric | None:
-    try:
-        return build_metric(name)
-    except CapbenchError as exc:
-        warnings.append(f"{path}: metric {name!r} cannot be read by this capbench ({exc}); left out")
+def _stated_info(path: Path, name: str, entry: dict[str, Any], warnings: list[str]) -> MetricInfo | None:
+    """Return the description a format-2 manifest gives of metric ``name`` (None if it gives none)."""
+    raw = entry.get("info")
+    if raw is None:
         return None
+    try:
+        if not isinstance(raw, dict):
+            raise InputError(f"it is a JSON {type(raw).__name__}, not an object")
+        return MetricInfo.from_dict({**raw, "name": name})
+    except InputError as exc:
+        warnings.append(f"{path}: the description of metric {name!r} is unusable ({exc}); reading it with its code")
+        return None
+
+
+def _check_headline(
+    path: Path, info: MetricInfo, entry: dict[str, Any], units: list[Unit], warnings: list[str]
+) -> None:
+    """Warn when the manifest's headline differs from the one the scores give (the scores win)."""
+    summary = entry.get("summary") if isinstance(entry.get("summary"), dict) else {}
+    stated, found = summary.get(info.headline), headline(units)
+    if not isinstance(stated, (int, float)) or isinstance(stated, bool) or found is None:
+        return
+    if not math.isclose(stated, found, rel_tol=1e-9, abs_tol=1e-9):
+        warnings.append(
+            f"{path}: its scores give {info.name} {found:.2f} but the manifest says {stated:.2f} "
+            "(an unfinished or resumed run?); the leaderboard uses the scores"
+        )
 
 
 def _read_captions(path: Path, warnings: list[str]) -> dict[str, str]:
@@ -209,35 +303,6 @@ def read_scores(path: Path, warnings: list[str]) -> list[SampleScore]:
     if log.torn:
         warnings.append(f"{path}: its last line is unfinished (a run still writing, or killed); left that line out")
     return list(log.load(repair=False).values())
-
-
-def _load_metric(
-    path: Path, metric: Metric, entry: dict[str, Any], captions: dict[str, str], warnings: list[str]
-) -> MetricResult | None:
-    if not path.exists():
-        warnings.append(f"{path}: missing, though the manifest lists {metric.name}; left out")
-        return None
-    scores = read_scores(path, warnings)
-    if captions:
-        # A later run with --limit rewrites captions.jsonl; the manifest summarises those samples only.
-        scores = [s for s in scores if s.sample_id in captions]
-    units = metric.units(scores)
-    with_units = {u[0] for u in units}
-    summary = entry.get("summary") if isinstance(entry.get("summary"), dict) else {}
-    stated, found = summary.get("score"), headline(units)
-    if stated is not None and found is not None and not math.isclose(stated, found, rel_tol=1e-9, abs_tol=1e-9):
-        warnings.append(
-            f"{path}: its scores give {metric.name} {found:.2f} but the manifest says {stated:.2f} "
-            "(an unfinished or resumed run?); the leaderboard uses the scores"
-        )
-    return MetricResult(
-        info=MetricInfo(metric.name, bool(metric.higher_is_better), tuple(metric.value_range)),
-        units=units,
-        summary=summary,
-        judges=_fingerprints(entry.get("judges")),
-        config_hash=str(entry.get("config_hash", "")),
-        failed_ids=sorted(s.sample_id for s in scores if s.sample_id not in with_units and s.unscored > 0),
-    )
 
 
 def _fingerprints(judges: Any) -> dict[str, dict[str, Any]]:
@@ -387,6 +452,10 @@ class Leaderboard:
     rounds: int
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: The results folder it was built from.
+    root: Path | None = None
+    #: The tables and figures written from it (:func:`publish`).
+    files: list[Path] = field(default_factory=list)
 
 
 def build_leaderboard(
@@ -410,28 +479,30 @@ def build_leaderboard(
         runs = [r for r in results.runs if r.benchmark == name]
         if baseline is not None and not any(r.model == baseline for r in runs):
             warnings.append(f"{name}: baseline {baseline!r} has no results there; no differences in its table")
-        boards.append(_board(name, runs, rng, rounds, baseline))
+        boards.append(_board(name, runs, rng, rounds, baseline, warnings))
     timings = {"load": results.seconds, "bootstrap": time.perf_counter() - started}
     if sort is not None:
         having = [b for b in boards if sort in b.frame.columns]
         for board in having or boards[:1]:
             board.frame, board.sort = sort_frame(board, sort), sort
         warnings += [f"{b.benchmark}: no column {sort!r}; sorted by {b.sort}" for b in boards if b not in having]
-    return Leaderboard(boards, warnings, rounds, seed, timings)
+    return Leaderboard(boards, warnings, rounds, seed, timings, results.root)
 
 
 def metric_order(names: Iterable[str]) -> list[str]:
-    """Order metric names as the registry does; unregistered ones after, alphabetically."""
+    """Order metric names: capbench's own in registry order, then any others (plugins' too) alphabetically."""
     known = list(METRICS)
     return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
 
 
-def _board(benchmark: str, runs: list[Run], rng: np.random.Generator, rounds: int, baseline: str | None) -> Board:
+def _board(
+    benchmark: str, runs: list[Run], rng: np.random.Generator, rounds: int, baseline: str | None, warnings: list[str]
+) -> Board:
     import pandas as pd
 
     runs = sorted(runs, key=lambda r: r.model)
-    metrics = metric_order(m for r in runs for m in r.metrics)
-    infos = {m: next(r.metrics[m].info for r in runs if m in r.metrics) for m in metrics}
+    metrics = _columnable(benchmark, metric_order(m for r in runs for m in r.metrics), warnings)
+    infos = {m: _agreed_info(benchmark, m, runs, warnings) for m in metrics}
     mixed = _mixed_groups(runs, metrics)
     base = next((r for r in runs if r.model == baseline), None)
     rows = []
@@ -452,13 +523,44 @@ def _board(benchmark: str, runs: list[Run], rng: np.random.Generator, rounds: in
     return board
 
 
+def _columnable(benchmark: str, metrics: Sequence[str], warnings: list[str]) -> list[str]:
+    """Return the metrics whose columns clash with no other column (``x`` and ``x_low`` cannot both be)."""
+    taken = set(_columns([], True))
+    kept = []
+    for name in metrics:
+        own = _metric_columns(name, True)
+        if taken.intersection(own):
+            warnings.append(f"{benchmark}: metric {name!r} would share a table column with another; left out")
+            continue
+        taken.update(own)
+        kept.append(name)
+    return kept
+
+
+def _agreed_info(benchmark: str, name: str, runs: Sequence[Run], warnings: list[str]) -> MetricInfo:
+    """Return the metric's description; warn when runs disagree on its direction or range (the first wins)."""
+    infos = [r.metrics[name].info for r in runs if name in r.metrics]
+    if len({(i.higher_is_better, i.value_range) for i in infos}) > 1:
+        warnings.append(
+            f"{benchmark}: the runs of {name} disagree on its direction or range (written by different versions "
+            f"of the metric?); the table uses {infos[0].value_range} with "
+            f"{'higher' if infos[0].higher_is_better else 'lower'} is better: rescore them with one version"
+        )
+    return infos[0]
+
+
 def _columns(metrics: Sequence[str], with_baseline: bool) -> list[str]:
     columns = ["benchmark", "model"]
     for m in metrics:
-        columns += [m, f"{m}_low", f"{m}_high", f"{m}_images", f"{m}_failed", f"{m}_protocol"]
-        if with_baseline:
-            columns += [f"{m}_diff", f"{m}_diff_low", f"{m}_diff_high", f"{m}_diff_excludes_zero"]
+        columns += _metric_columns(m, with_baseline)
     return [*columns, "words", "judges", "images", "failed"]
+
+
+def _metric_columns(m: str, with_baseline: bool) -> list[str]:
+    columns = [m, f"{m}_low", f"{m}_high", f"{m}_images", f"{m}_failed", f"{m}_protocol"]
+    if with_baseline:
+        columns += [f"{m}_diff", f"{m}_diff_low", f"{m}_diff_high", f"{m}_diff_excludes_zero"]
+    return columns
 
 
 def _metric_cells(run: Run, base: Run | None, name: str, rng: np.random.Generator, rounds: int) -> dict[str, Any]:
@@ -549,3 +651,72 @@ def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+# ---------------------------------------------------------------- the entry point
+
+
+def publish(
+    results_dir: str | Path,
+    benchmark: str | None = None,
+    sort: str | None = None,
+    baseline: str | None = None,
+    rounds: int = ROUNDS,
+    seed: int = SEED,
+    *,
+    out: str | Path | None = None,
+    formats: Sequence[str] = (),
+    figures: bool = False,
+    heatmap_metric: str | None = None,
+) -> Leaderboard:
+    """Build the leaderboard of ``results_dir`` and write its tables (and figures) to ``out`` if given.
+
+    What ``capbench leaderboard`` does; the written paths are in the result's ``files``.
+
+    Raises:
+        InputError: no results there (for ``benchmark``), or a score file is damaged.
+        ConfigError: an unknown ``baseline``, ``sort`` column, table format or ``heatmap_metric``.
+    """
+    started = time.perf_counter()
+    board_set = build_leaderboard(load_results(results_dir, benchmark), sort, baseline, rounds, seed)
+    if heatmap_metric and not any(heatmap_metric in b.metrics for b in board_set.boards):
+        shown = sorted({m for b in board_set.boards for m in b.metrics})
+        raise ConfigError(f"--heatmap-metric {heatmap_metric!r}: no results of it; choose from {', '.join(shown)}")
+    if out is not None:
+        from capbench.tables import write_tables
+
+        mark = time.perf_counter()
+        board_set.files += write_tables(board_set, Path(out), formats)
+        board_set.timings["tables"] = time.perf_counter() - mark
+        if figures:
+            from capbench.plots import write_all_figures
+
+            mark = time.perf_counter()
+            board_set.files += write_all_figures(board_set, Path(out), heatmap_metric)
+            board_set.timings["figures"] = time.perf_counter() - mark
+    board_set.timings["total"] = time.perf_counter() - started
+    return board_set
+
+
+def leaderboard_report(
+    results_dir: str | Path,
+    benchmark: str | None = None,
+    sort: str | None = None,
+    baseline: str | None = None,
+    rounds: int = ROUNDS,
+    seed: int = SEED,
+    **writing: Any,
+) -> dict[str, Any]:
+    """Return the leaderboard of ``results_dir`` as the JSON-ready report ``capbench leaderboard --json`` prints.
+
+    Its structure is ``capbench/schemas/leaderboard.schema.json``: every board's rows (the CSV's
+    columns), each metric's description, the notes, the warnings, the settings and timings.
+    ``writing`` (``out``, ``formats``, ``figures``, ``heatmap_metric``) also writes files, as :func:`publish`.
+
+    Raises:
+        InputError: no results there (for ``benchmark``), or a score file is damaged.
+        ConfigError: an unknown ``baseline``, ``sort`` column, table format or ``heatmap_metric``.
+    """
+    from capbench.tables import to_report
+
+    return to_report(publish(results_dir, benchmark, sort, baseline, rounds, seed, **writing))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capbench.errors import ConfigError
-from capbench.leaderboard import Board, per_image, sort_metric
+from capbench.leaderboard import Board, Leaderboard, per_image, sort_metric
 from capbench.runs import safe_name
 
 if TYPE_CHECKING:
@@ -46,14 +46,18 @@ def heatmap_size(models: int, images: int) -> tuple[float, float]:
 
 
 def _axis_label(board: Board, metric: str) -> str:
+    """Give the metric's unit (or range) and direction; the panel's title names the metric."""
     info = board.infos[metric]
     low, high = info.value_range
     better = "higher" if info.higher_is_better else "lower"
-    return f"{metric} score ({low:g} to {high:g}, {better} is better)"
+    return f"{info.unit or f'{low:g} to {high:g}'}, {better} is better"
 
 
 def _title(board: Board, metric: str) -> str:
-    return f"{metric} † mixed judges/protocols" if metric in board.mixed else metric
+    """The metric's title, with its column name where that differs, and the mixed-protocol mark."""
+    title = board.infos[metric].title
+    named = title if title.lower() == metric.lower() else f"{title} ({metric})"
+    return f"{named} † mixed judges/protocols" if metric in board.mixed else named
 
 
 def _colours(board: Board, metric: str, models: Sequence[str]) -> list[str]:
@@ -174,7 +178,7 @@ def image_heatmap(board: Board, metric: str, path: Path) -> Path:
     missing = ", grey: not scored" if grid.isna().any(axis=None) else ""
     ax.set_xlabel(f"images (n={grid.shape[1]}), sorted by mean score across models{missing}")
     ax.set_ylabel("model")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=f"{metric} ({low:g} to {high:g})")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=f"{info.title}: {info.unit or f'{low:g} to {high:g}'}")
     ax.set_title(f"{board.benchmark}: {_title(board, metric)} per image (best model on top)", fontsize=12)
     return _save(fig, path)
 
@@ -190,6 +194,19 @@ def write_figures(board: Board, out_dir: Path, heatmap_metric: str | None = None
         length_scatter(board, Path(out_dir) / f"{stem}-length.png"),
         image_heatmap(board, metric, Path(out_dir) / f"{stem}-heatmap-{safe_name(metric)}.png"),
     ]
+
+
+def write_all_figures(board_set: Leaderboard, out_dir: Path, heatmap_metric: str | None = None) -> list[Path]:
+    """Draw every board's figures into ``out_dir``; a board without ``heatmap_metric`` maps another (a warning)."""
+    files: list[Path] = []
+    for board in board_set.boards:
+        metric = heatmap_metric if heatmap_metric in board.metrics else None
+        if heatmap_metric and metric is None:
+            board_set.warnings.append(
+                f"{board.benchmark}: no {heatmap_metric} results; its heat map shows another metric"
+            )
+        files += write_figures(board, out_dir, metric)
+    return files
 
 
 def _save(fig: Figure, path: Path) -> Path:

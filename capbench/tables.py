@@ -1,4 +1,4 @@
-"""Leaderboard tables: display cells and footnotes, and the Markdown, CSV, LaTeX and HTML writers."""
+"""Leaderboard tables: display cells and footnotes, the Markdown, CSV, LaTeX and HTML writers, the JSON report."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 from capbench.errors import ConfigError
 from capbench.hashing import content_hash
-from capbench.leaderboard import FORMATS, LEVEL, Board, Leaderboard, MetricResult, sort_metric
+from capbench.leaderboard import FORMATS, LEVEL, Board, Leaderboard, MetricResult, sort_metric, to_records
+from capbench.records import RESULTS_FORMAT
 from capbench.runs import atomic_write_text, safe_name
 
 # ---------------------------------------------------------------- cells and notes
@@ -75,6 +76,8 @@ def notes(board: Board, rounds: int, seed: int) -> list[str]:
         "words: mean caption length in words; judges: the judge models behind the row's scores; images: images "
         "captioned; failed: images with no usable judgment in at least one metric.",
     ]
+    if board.metrics:
+        out.append("Metrics: " + "; ".join(f"{m} = {_described(board, m)}" for m in board.metrics) + ".")
     for m, letters in board.mixed.items():
         groups: dict[str, list[str]] = {}
         for model, letter in letters.items():
@@ -93,6 +96,13 @@ def notes(board: Board, rounds: int, seed: int) -> list[str]:
             f"{LEVEL:.0%} interval; * marks an interval that excludes 0; n/c: not comparable (other judge or protocol)."
         )
     return out
+
+
+def _described(board: Board, metric: str) -> str:
+    """The metric's title and unit (or range), as it describes itself."""
+    info = board.infos[metric]
+    low, high = info.value_range
+    return f"{info.title}, {info.unit or f'{low:g} to {high:g}'}"
 
 
 def _protocol_text(result: MetricResult) -> str:
@@ -221,6 +231,44 @@ def _html_cell(text: str, key: Any) -> str:
     attr = f' class="{classes}"' if classes else ""
     value = "" if key is None else str(key)
     return f'<td data-v="{html.escape(value)}"{attr}>{html.escape(text)}</td>'
+
+
+def to_report(board_set: Leaderboard) -> dict[str, Any]:
+    """Return the leaderboard as JSON-ready data, as ``capbench/schemas/leaderboard.schema.json`` describes.
+
+    Every board's rows (the CSV's columns), each metric's description with its protocol groups,
+    the notes; then the warnings, the files written, the settings and the timings.
+    """
+    boards = []
+    for board in board_set.boards:
+        metrics = {
+            m: {
+                **board.infos[m].to_dict(),
+                "range": list(board.infos[m].value_range),  # = value_range; the name scripts used first
+                "mixed_groups": board.mixed.get(m, {}),
+            }
+            for m in board.metrics
+        }
+        boards.append(
+            {
+                "benchmark": board.benchmark,
+                "sort": board.sort,
+                "baseline": board.baseline,
+                "metrics": metrics,
+                "rows": to_records(board.frame),
+                "notes": notes(board, board_set.rounds, board_set.seed),
+            }
+        )
+    return {
+        "format": RESULTS_FORMAT,
+        "results_dir": None if board_set.root is None else str(board_set.root),
+        "rounds": board_set.rounds,
+        "seed": board_set.seed,
+        "boards": boards,
+        "warnings": list(board_set.warnings),
+        "files": [str(p) for p in board_set.files],
+        "timings": {k: round(v, 4) for k, v in board_set.timings.items()},
+    }
 
 
 _WRITERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex, "html": to_html}

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ from click.testing import CliRunner
 from capbench import engines, plots
 from capbench.cli import main
 from capbench.leaderboard import (
-    MetricInfo,
     bootstrap,
     build_leaderboard,
     load_results,
@@ -115,7 +115,7 @@ def test_sorting_respects_direction_and_any_column(results: Path):
     bad = _cli("leaderboard", str(results), "--sort", "nope", "--no-figures", ok=False)
     assert bad.exit_code == 1 and "no such column" in bad.output and "Traceback" not in bad.output
     board = build_leaderboard(load_results(results)).boards[0]
-    board.infos["dcscore"] = MetricInfo("dcscore", False, (0.0, 100.0))
+    board.infos["dcscore"] = replace(board.infos["dcscore"], higher_is_better=False)
     assert list(sort_frame(board, "dcscore")["model"]) == ["short", "planted_errors", "detailed"]
 
 
@@ -250,13 +250,16 @@ def test_unreadable_results_are_reported_not_crashed(results: Path, tmp_path: Pa
     shutil.copytree(results, root, ignore=shutil.ignore_patterns("balcap.jsonl"))
     (root / "mini" / "short" / "manifest.json").write_text("{not json")
     manifest = json.loads((root / "mini" / "detailed" / "manifest.json").read_text())
-    manifest["metrics"]["nosuchmetric"] = {"summary": {"score": 1.0}}
+    manifest["metrics"]["nosuchmetric"] = {"summary": {"score": 1.0}}  # format 1: no description, no units
     (root / "mini" / "detailed" / "manifest.json").write_text(json.dumps(manifest))
+    old_line = {"format": 1, "sample_id": "moon", "metric": "nosuchmetric", "values": {"score": 1.0}}
+    (root / "mini" / "detailed" / "nosuchmetric.jsonl").write_text(json.dumps(old_line) + "\n")
     with (root / "mini" / "detailed" / "dcscore.jsonl").open("a") as handle:
         handle.write('{"sample_id": "half-writ')
     report = json.loads(_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "").output)
     warnings = "\n".join(report["warnings"])
-    assert "short/manifest.json: unreadable manifest" in warnings and "'nosuchmetric'" in warnings
+    assert "short/manifest.json: unreadable manifest" in warnings
+    assert "install the package that provides metric 'nosuchmetric'" in warnings
     assert "balcap.jsonl: missing" in warnings and "last line is unfinished" in warnings
     assert sorted(r["model"] for r in report["boards"][0]["rows"]) == ["detailed", "planted_errors"]
     with (root / "mini" / "detailed" / "dcscore.jsonl").open("a") as handle:
