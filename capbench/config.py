@@ -1,7 +1,7 @@
 """Typed, validated settings of an evaluation: what :func:`capbench.evaluate` and ``capbench eval`` take.
 
 :class:`EvalConfig` is frozen. Its constructor checks every field's type and value and raises a
-:class:`~capbench.errors.ConfigError` naming the field; :func:`capbench.api.check` then checks
+:class:`~capbench.errors.ConfigError` naming the field; :func:`capbench.api.prepare` then checks
 what needs the registries and the disk (names of metrics, benchmarks and engines, files, metric
 settings), still before any model loads.
 """
@@ -43,7 +43,7 @@ class EvalConfig:
     """
 
     benchmark: str = "mini"
-    """Benchmark name (``capbench.list_plugins()`` or ``capbench list`` shows them)."""
+    """Benchmark name (``capbench.catalogue()`` or ``capbench list`` shows them)."""
     benchmark_options: Mapping[str, Any] = field(default_factory=dict)
     """Options of the benchmark's loader, e.g. ``images_dir``, ``data_file``, ``dataset``, ``split``."""
     captions: Mapping[str, Any] | Sequence[PathLike] = ()
@@ -97,6 +97,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         hints = _hints()
+        if isinstance(self.captions, (str, bytes, os.PathLike)):
+            raise ConfigError("EvalConfig.captions takes a list of files or a {name: file} mapping, not one path")
+        if isinstance(self.metrics, str):
+            raise ConfigError(
+                f"EvalConfig.metrics takes a list of names (or a {{name: settings}} mapping), not the string "
+                f"{self.metrics!r}; write [{', '.join(repr(m.strip()) for m in self.metrics.split(','))}]"
+            )
         for item in fields(self):
             value = getattr(self, item.name)
             if not _is_instance(value, hints[item.name]):
@@ -114,13 +121,6 @@ class EvalConfig:
             raise ConfigError(f"EvalConfig.limit must be at least 1 (or None for every sample), not {self.limit}")
         if self.caption_temperature < 0:
             raise ConfigError(f"EvalConfig.caption_temperature must be 0 or more, not {self.caption_temperature}")
-        if isinstance(self.captions, (str, bytes, os.PathLike)):
-            raise ConfigError("EvalConfig.captions takes a list of files or a {name: file} mapping, not one path")
-        if isinstance(self.metrics, str):
-            raise ConfigError(
-                f"EvalConfig.metrics takes a list of names (or a {{name: settings}} mapping), not the string "
-                f"{self.metrics!r}; write [{', '.join(repr(m.strip()) for m in self.metrics.split(','))}]"
-            )
         for name in self.metric_names:
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"EvalConfig.metrics holds {name!r}, not a metric name")
@@ -205,6 +205,8 @@ def _is_instance(value: Any, hint: Any) -> bool:
     if hint is Any:
         return True
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
     if origin in (Union, types.UnionType):
         return any(_is_instance(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
@@ -232,6 +234,8 @@ def _is_instance(value: Any, hint: Any) -> bool:
 
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if hint is type(None):

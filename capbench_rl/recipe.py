@@ -43,6 +43,8 @@ def qa_rewards() -> list[str]:
 
     table = capbench.reward_table()
     return [r for r, (metric, _, _) in table.items() if "questions" in capbench.describe(metric_class(metric)).needs]
+
+
 #: Recipe fields that are GRPOConfig fields of the same name.
 TRL_FIELDS = (
     "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",

@@ -203,13 +203,13 @@ def test_cli_arena_on_mini(tmp_path: Path, scripted_cli_engine):
 
 
 def test_cli_refuses_arena_without_baselines(tmp_path: Path, monkeypatch):
-    from capbench import api
+    from capbench import build
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model or judge was loaded before the refusal")
 
-    monkeypatch.setattr(api, "build_judges", no_loading)
-    monkeypatch.setattr(api, "build_engine", no_loading)
+    monkeypatch.setattr(build, "build_judges", no_loading)
+    monkeypatch.setattr(build, "build_engine", no_loading)
     caps = tmp_path / "c.jsonl"
     caps.write_text('{"image_path": "aar_test_04746.jpg", "caption": "A shelf."}\n')
     result = CliRunner().invoke(main, ["eval", "-b", "decapbench", "-c", str(caps), "-m", "arena"])

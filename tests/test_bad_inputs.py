@@ -246,7 +246,9 @@ CASES = [
     # ids the benchmark does not have
     Case("unknown-ids", captions('{"id": "mars", "caption": "Red dust."}\n'), r"1 id\(s\) are not in benchmark 'mini'"),
     # options that name nothing: benchmark, metric (unknown, twice, none), limit 0, a flag the benchmark lacks
-    Case("unknown-benchmark", args("-b", "imagenet"), r"unknown benchmark 'imagenet'; choose from: .*entry-point group"),
+    Case(
+        "unknown-benchmark", args("-b", "imagenet"), r"unknown benchmark 'imagenet'; choose from: .*entry-point group"
+    ),
     Case("unknown-metric", args("-m", "bleu"), r"unknown metric 'bleu'; choose from"),
     Case("metric-named-twice", args("-m", "captionqa,captionqa"), r"a metric is named twice"),
     Case("no-metric-named", args("-m", " , "), r"--metrics ' , ' names no metric"),

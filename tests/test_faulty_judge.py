@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from capbench import api
+from capbench import build
 from capbench.cli import main
 from capbench.engines import EngineSpec, build_engine
 from capbench.metrics.captionqa import aggregate
@@ -211,7 +211,7 @@ def run_eval(judge: FaultyJudge, folder: Path, max_retries: int) -> tuple[dict[s
         return built[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api, "build_engine", keep)
+        patch.setattr(build, "build_engine", keep)
         result = CliRunner(env=env).invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert judge.authorizations == {f"Bearer {FAKE_KEY}"}

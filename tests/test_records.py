@@ -158,7 +158,9 @@ def test_results_carry_their_format_and_a_newer_one_is_refused(tmp_path):
     assert list(ScoreLog(tmp_path / "old.jsonl").load()) == [old["sample_id"]]
     # a newer format is refused, saying what to do, by the resume and by the leaderboard
     ScoreLog(tmp_path / "new.jsonl").append_rows([{**lines[0], "format": RESULTS_FORMAT + 1}])
-    with pytest.raises(InputError, match=rf"new\.jsonl:1: written in results format {RESULTS_FORMAT + 1} by a newer capbench.*upgrade"):
+    with pytest.raises(
+        InputError, match=rf"new\.jsonl:1: written in results format {RESULTS_FORMAT + 1} by a newer capbench.*upgrade"
+    ):
         ScoreLog(tmp_path / "new.jsonl").load()
     run.manifest_path.write_text(json.dumps({**manifest, "format": RESULTS_FORMAT + 1}))
     with pytest.raises(InputError, match="by a newer capbench"):

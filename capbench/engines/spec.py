@@ -45,9 +45,7 @@ class EngineSpec:
         return {"engine": self.backend, "model": self.model, "options": dict(self.options)}
 
 
-def parse_engine(
-    spec: str, options: Sequence[str] | Mapping[str, Any] = (), base_url: str | None = None
-) -> EngineSpec:
+def parse_engine(spec: str, options: Sequence[str] | Mapping[str, Any] = (), base_url: str | None = None) -> EngineSpec:
     """Parse ``ENGINE:MODEL`` or a YAML spec file, then options (``KEY=VALUE`` strings or a mapping) and a base URL.
 
     Raises:

@@ -9,7 +9,9 @@ from capbench.errors import ConfigError
 from capbench.metrics.base import Judges, Metric
 from capbench.records import RESERVED_METRIC_NAMES, MetricInfo
 
-#: Metric name -> (module, class, config class, one-line description).
+#: capbench's own metrics: name -> (module, class, config class ('' = the class's ``Config``, or none),
+#: one-line description). An entry added at run time is a metric like these; installed packages
+#: add metrics through the ``capbench.metrics`` entry-point group (:mod:`capbench.registry`).
 METRICS: dict[str, tuple[str, str, str, str]] = {
     "captionqa": (
         "capbench.metrics.captionqa",
@@ -71,7 +73,7 @@ def metric_class(name: str) -> type:
 
 def config_type(name: str) -> type | None:
     """Return the config dataclass of metric ``name`` (None when it takes no config)."""
-    if name in METRICS:
+    if name in METRICS and METRICS[name][2]:
         module = importlib.import_module(METRICS[name][0])
         return getattr(module, METRICS[name][2])
     return getattr(metric_class(name), "Config", None)

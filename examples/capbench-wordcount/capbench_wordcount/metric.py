@@ -61,8 +61,12 @@ class WordCount:
             ratio = words / reference if reference else None
             value = None if ratio is None else 100.0 * max(0.0, 1.0 - abs(ratio - self.cfg.target))
             out.append(
-                SampleScore(sample.id, self.name, {"score": value, "words": float(words), "ratio": ratio},
-                            unscored=int(value is None))
+                SampleScore(
+                    sample.id,
+                    self.name,
+                    {"score": value, "words": float(words), "ratio": ratio},
+                    unscored=int(value is None),
+                )
             )
         return out
 
@@ -75,4 +79,6 @@ class WordCount:
         return {"score": mean("score"), "words": mean("words"), "ratio": mean("ratio"), "images": len(scored)}
 
     def units(self, scores: Sequence[SampleScore]) -> list[tuple[str, str, float, float]]:
-        return [(s.sample_id, "all", float(s.values["score"]), 1.0) for s in scores if s.values.get("score") is not None]
+        return [
+            (s.sample_id, "all", float(s.values["score"]), 1.0) for s in scores if s.values.get("score") is not None
+        ]
