@@ -11,7 +11,6 @@ silently compared.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -19,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capbench.errors import CapbenchError, ConfigError, InputError
-from capbench.hashing import content_hash
-from capbench.metrics import METRICS, build_metric, describe, metric_names
-from capbench.metrics.base import Metric, Unit, headline
-from capbench.records import RESERVED_METRIC_NAMES, MetricInfo, SampleScore, check_format, read_caption_file
-from capbench.runs import ScoreLog, safe_name
+from capbench.errors import ConfigError
+from capbench.metrics import METRICS
+from capbench.metrics.base import Unit, headline
+from capbench.records import MetricInfo
+from capbench.results import MetricResult, Results, Run, load_results, read_scores
+
+__all__ = [
+    "FORMATS", "LEVEL", "ROUNDS", "SEED", "Board", "Difference", "Leaderboard", "MetricInfo", "MetricResult", "Results",
+    "Run", "bootstrap", "build_leaderboard", "leaderboard_report", "load_results", "metric_order", "paired_difference",
+    "per_image", "percentile_interval", "publish", "read_scores", "resample", "sort_frame", "sort_metric", "to_records",
+]  # fmt: skip
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,278 +40,6 @@ LEVEL = 0.95
 FORMATS = {"md": "leaderboard.md", "csv": "leaderboard.csv", "tex": "leaderboard.tex", "html": "leaderboard.html"}
 #: Cap on one resampling block (rounds × units) so a huge stratum does not exhaust memory.
 _BLOCK = 4_000_000
-
-
-@dataclass
-class MetricResult:
-    """One metric's scores of one caption set, what the metric declares, and what produced them."""
-
-    info: MetricInfo
-    units: list[Unit]
-    summary: dict[str, Any]
-    judges: dict[str, Any]
-    config_hash: str
-    failed_ids: list[str]
-
-    @property
-    def score(self) -> float | None:
-        """Return the headline, recomputed from the units."""
-        return headline(self.units)
-
-    @property
-    def images(self) -> int:
-        """Return how many images have at least one unit."""
-        return len({u[0] for u in self.units})
-
-    @property
-    def protocol(self) -> str:
-        """Return a hash of the judges and settings: equal hashes mean comparable numbers."""
-        return content_hash({"judges": self.judges, "config_hash": self.config_hash})
-
-
-@dataclass
-class Run:
-    """One caption set (a "model") on one benchmark."""
-
-    benchmark: str
-    model: str
-    path: Path
-    samples: int
-    words: float | None
-    metrics: dict[str, MetricResult]
-    #: The results format of its manifest (see :data:`capbench.records.RESULTS_FORMAT`).
-    format: int = 0
-
-    @property
-    def infos(self) -> dict[str, MetricInfo]:
-        """Return what each of its metrics declares, by name."""
-        return {name: result.info for name, result in self.metrics.items()}
-
-
-@dataclass
-class Results:
-    """Every run found in a results folder, and the warnings about what was left out."""
-
-    root: Path
-    runs: list[Run]
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def benchmarks(self) -> list[str]:
-        """Return the benchmarks that have runs, sorted."""
-        return sorted({r.benchmark for r in self.runs})
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_results(results_dir: str | Path, benchmark: str | None = None) -> Results:
-    """Read every run written so far under ``results_dir`` (optionally of one benchmark).
-
-    Results of format 2 are read without any metric's code. A broken manifest, a missing score
-    file, a metric with a reserved name, or older results of a metric this install lacks skip
-    that part with a warning saying what to do; a damaged score file (a bad line that is not an
-    unfinished last one) is an error.
-
-    Raises:
-        InputError: the folder holds no results (for ``benchmark``), or a score file is damaged.
-    """
-    started = time.perf_counter()
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such results folder; run `capbench eval` first, or pass the folder it wrote to")
-    reader = _Reader()
-    runs: list[Run] = []
-    others: set[str] = set()
-    for manifest_path in sorted(root.glob("*/*/manifest.json")):
-        run = reader.run(manifest_path)
-        if run is not None and (benchmark is None or run.benchmark == benchmark):
-            runs.append(run)
-        elif run is not None:
-            others.add(run.benchmark)
-    warnings = reader.finish()
-    for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
-        if not (folder / "manifest.json").exists() and any(folder.glob("*.jsonl")):
-            warnings.append(f"{folder}: scores without a manifest.json (a run killed early?); left out")
-    if not runs and others:
-        raise InputError(f"{root}: no results for benchmark {benchmark!r}; it has: {', '.join(sorted(others))}")
-    if not runs:
-        raise InputError(f"{root}: no results; run `capbench eval` first (it writes results there)")
-    return Results(root, runs, warnings, time.perf_counter() - started)
-
-
-class _Reader:
-    """Reads run folders; builds a metric's code only for results that need it (formats 0 and 1), once."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self._code: dict[str, Metric | str] = {}
-        #: metric -> the folders of older results of it that this install cannot read.
-        self._unreadable: dict[str, list[Path]] = {}
-
-    def run(self, path: Path) -> Run | None:
-        """Return the run whose manifest is ``path`` (None, with a warning, if it cannot be read)."""
-        manifest = _read_manifest(path, self.warnings)
-        if manifest is None:
-            return None
-        folder = path.parent
-        captions = _read_captions(folder / "captions.jsonl", self.warnings)
-        caption_set = manifest.get("caption_set") if isinstance(manifest.get("caption_set"), dict) else {}
-        found: dict[str, MetricResult] = {}
-        for name, entry in manifest["metrics"].items():
-            if name in RESERVED_METRIC_NAMES:
-                self.warnings.append(
-                    f"{path}: metric {name!r} has a reserved name (a leaderboard column or a word meaning no "
-                    "metric); left out: rename the metric in the package that provides it, then rescore"
-                )
-            elif isinstance(entry, dict):
-                result = self.metric(folder, name, entry, captions)
-                if result is not None:
-                    found[name] = result
-        words = [len(c.split()) for c in captions.values()] if captions else []
-        return Run(
-            benchmark=str(manifest.get("benchmark") or folder.parent.name),
-            model=str(caption_set.get("name") or folder.name),
-            path=folder,
-            samples=int(caption_set.get("samples") or len(captions)),
-            words=sum(words) / len(words) if words else None,
-            metrics=found,
-            format=manifest.get("format", 0),
-        )
-
-    def metric(self, folder: Path, name: str, entry: dict[str, Any], captions: dict[str, str]) -> MetricResult | None:
-        """Return one metric's result: units and description from the files, else from the metric's code."""
-        info = _stated_info(folder / "manifest.json", name, entry, self.warnings)
-        path = folder / f"{safe_name(name)}.jsonl"
-        if not path.exists():
-            self.warnings.append(f"{path}: missing, though the manifest lists {name}; left out")
-            return None
-        scores = read_scores(path, self.warnings)
-        if captions:
-            # A later run with --limit rewrites captions.jsonl; the manifest summarises those samples only.
-            scores = [s for s in scores if s.sample_id in captions]
-        if info is not None and all(s.units is not None for s in scores):
-            units = [(s.sample_id, *unit) for s in scores for unit in s.units or ()]
-        else:  # older results (formats 0 and 1): the installed metric says what its scores mean
-            metric = self.code(name, folder)
-            if metric is None:
-                return None
-            units, info = metric.units(scores), info or describe(metric)
-        _check_headline(path, info, entry, units, self.warnings)
-        with_units = {u[0] for u in units}
-        return MetricResult(
-            info=info,
-            units=units,
-            summary=entry.get("summary") if isinstance(entry.get("summary"), dict) else {},
-            judges=_fingerprints(entry.get("judges")),
-            config_hash=str(entry.get("config_hash", "")),
-            failed_ids=sorted(s.sample_id for s in scores if s.sample_id not in with_units and s.unscored > 0),
-        )
-
-    def code(self, name: str, folder: Path) -> Metric | None:
-        """Return the installed metric ``name`` (built once with its defaults), or None, noting the folder."""
-        if name not in self._code:
-            try:
-                metric = build_metric(name)
-                describe(metric)
-                self._code[name] = metric
-            except CapbenchError as exc:
-                self._code[name] = str(exc)
-        found = self._code[name]
-        if isinstance(found, str):
-            self._unreadable.setdefault(name, []).append(folder)
-            return None
-        return found
-
-    def finish(self) -> list[str]:
-        """Return the warnings, with one per metric whose older results this install cannot read."""
-        for name, folders in self._unreadable.items():
-            error = self._code[name]
-            why = f"it cannot be built: {error}" if name in metric_names() else "it is not installed"
-            more = f" and {len(folders) - 1} other run(s)" if len(folders) > 1 else ""
-            self.warnings.append(
-                f"{folders[0]}{more}: its {name!r} results predate results format 2 (no units or description "
-                f"recorded), so reading them needs metric {name!r}, and {why}; left out: install the package that "
-                f"provides metric {name!r}, or rescore with this capbench (`capbench eval ... -m {name} --overwrite`)"
-            )
-        return self.warnings
-
-
-def _read_manifest(path: Path, warnings: list[str]) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        warnings.append(f"{path}: unreadable manifest ({exc}); run left out: rerun `capbench eval --overwrite` for it")
-        return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("metrics"), dict):
-        warnings.append(f"{path}: not a capbench manifest (no 'metrics' mapping); run left out")
-        return None
-    try:
-        check_format(manifest.get("format", 0), str(path))
-    except InputError as exc:
-        warnings.append(f"{exc}; run left out")
-        return None
-    return manifest
-
-
-def _stated_info(path: Path, name: str, entry: dict[str, Any], warnings: list[str]) -> MetricInfo | None:
-    """Return the description a format-2 manifest gives of metric ``name`` (None if it gives none)."""
-    raw = entry.get("info")
-    if raw is None:
-        return None
-    try:
-        if not isinstance(raw, dict):
-            raise InputError(f"it is a JSON {type(raw).__name__}, not an object")
-        return MetricInfo.from_dict({**raw, "name": name})
-    except InputError as exc:
-        warnings.append(f"{path}: the description of metric {name!r} is unusable ({exc}); reading it with its code")
-        return None
-
-
-def _check_headline(
-    path: Path, info: MetricInfo, entry: dict[str, Any], units: list[Unit], warnings: list[str]
-) -> None:
-    """Warn when the manifest's headline differs from the one the scores give (the scores win)."""
-    summary = entry.get("summary") if isinstance(entry.get("summary"), dict) else {}
-    stated, found = summary.get(info.headline), headline(units)
-    if not isinstance(stated, (int, float)) or isinstance(stated, bool) or found is None:
-        return
-    if not math.isclose(stated, found, rel_tol=1e-9, abs_tol=1e-9):
-        warnings.append(
-            f"{path}: its scores give {info.name} {found:.2f} but the manifest says {stated:.2f} "
-            "(an unfinished or resumed run?); the leaderboard uses the scores"
-        )
-
-
-def _read_captions(path: Path, warnings: list[str]) -> dict[str, str]:
-    """Return the scored captions by id ({} with a warning if the file is missing or broken)."""
-    if not path.exists():
-        warnings.append(f"{path}: missing; caption lengths unknown for that run")
-        return {}
-    try:
-        return dict(read_caption_file(path).captions)
-    except InputError as exc:
-        warnings.append(f"{exc}; caption lengths unknown for that run")
-    return {}
-
-
-def read_scores(path: Path, warnings: list[str]) -> list[SampleScore]:
-    """Return the score records of one metric's JSONL file, the last record per sample.
-
-    Read-only: an unfinished last line (a run still writing) is skipped with a warning, not cut.
-
-    Raises:
-        InputError: the file cannot be read, or a finished line is not a score record.
-    """
-    log = ScoreLog(path)
-    if log.torn:
-        warnings.append(f"{path}: its last line is unfinished (a run still writing, or killed); left that line out")
-    return list(log.load(repair=False).values())
-
-
-def _fingerprints(judges: Any) -> dict[str, dict[str, Any]]:
-    """Return the judge fingerprints by role, dropping anything that is not one (a hand-edited manifest)."""
-    return {str(k): v for k, v in judges.items() if isinstance(v, dict)} if isinstance(judges, dict) else {}
 
 
 # ---------------------------------------------------------------- the bootstrap

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 
 import capbench
 from capbench import engines
-from capbench import leaderboard as lb
+from capbench import results as results_module
 from capbench.cli import main
 from capbench.leaderboard import leaderboard_report, load_results
 from capbench.records import RESERVED_METRIC_NAMES, RESULTS_FORMAT, MetricInfo
@@ -160,8 +160,8 @@ def test_format_2_results_rank_without_any_metric_code(results: Path, monkeypatc
     def no_code(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("format-2 results were read with a metric's code")
 
-    monkeypatch.setattr(lb, "build_metric", no_code)
-    monkeypatch.setattr(lb, "describe", no_code)
+    monkeypatch.setattr(results_module, "build_metric", no_code)
+    monkeypatch.setattr(results_module, "describe", no_code)
     again = leaderboard_report(results, rounds=200)
     assert again["boards"] == expected["boards"] and again["warnings"] == []
 
