@@ -9,6 +9,10 @@ The reply is chosen from the request's shape, never from a lookup table, so any 
 - ``judgment`` (pairwise): a one-sentence reason and "Tie";
 - a log-likelihood choice: a score for every option, the first one best;
 - anything else (a CaptionQA or CapRL letter): "A".
+
+:func:`register` names the instant judge and the synthetic benchmark in capbench's registries,
+and :func:`prebuilt` names an engine object built before the run, so the benchmarks build their
+runs with ``capbench.prepare`` and ``capbench.api.run`` as ``capbench eval`` does.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import json
 import re
 from collections.abc import Sequence
 
-from capbench.data import Benchmark, load_benchmark
-from capbench.engines.base import Choice, JsonSchema, OnResult, Request, Response
+from capbench.data import BENCHMARKS, Benchmark, load_benchmark
+from capbench.engines import ENGINES
+from capbench.engines.base import Choice, Engine, EngineWrapper, JsonSchema, OnResult, Request, Response
 from capbench.records import CaptionSet, Sample, read_caption_file
 
 _FENCED = re.compile(r"<caption>\n(.*?)\n</caption>", re.S)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 REASON = "Both captions describe the main objects; neither adds a detail the other misses."
+#: Engines built before a run, by the name their ``prebuilt:NAME`` judge gives.
+_PREBUILT: dict[str, Engine] = {}
 
 
 class InstantEngine:
@@ -114,3 +121,36 @@ def synthetic(size: int, base: Benchmark | None = None) -> tuple[Benchmark, Capt
         samples.append(copy)
         captions[copy.id] = f"{sets[k % len(sets)][original.id]} (copy {k})"
     return Benchmark(f"mini-x{size}", tuple(samples)), CaptionSet(f"synthetic-{size}", captions)
+
+
+def load(with_images: bool = False, size: int = 18) -> Benchmark:
+    """Load the ``synthetic`` benchmark: ``size`` copies of capbench-mini's samples (see :func:`synthetic`)."""
+    return synthetic(size, load_benchmark("mini", with_images=with_images))[0]
+
+
+def register() -> str:
+    """Name the instant judge and the synthetic benchmark in capbench's registries; return the judge's name.
+
+    A run then builds them as it builds any other: ``EvalConfig(judge="instant:instant",
+    benchmark="synthetic", benchmark_options={"size": 100})``.
+    """
+    ENGINES["instant"] = (__name__, "InstantEngine", "answers every request at once (benchmarks/_instant.py)")
+    BENCHMARKS["synthetic"] = (__name__, "copies of capbench-mini's samples with unique ids (benchmarks/_instant.py)")
+    return "instant:instant"
+
+
+class Prebuilt(EngineWrapper):
+    """An engine object built before the run (a loaded model, a wrapper around one), found by its name."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(_PREBUILT[model])
+
+
+def prebuilt(engine: Engine, name: str) -> str:
+    """Name ``engine`` in capbench's registry; return the judge name whose runs judge with that very object.
+
+    A model loaded once (a vLLM engine) then serves several runs, each built by ``capbench.api.run``.
+    """
+    ENGINES["prebuilt"] = (__name__, "Prebuilt", "an engine object built before the run (benchmarks/_instant.py)")
+    _PREBUILT[name] = engine
+    return f"prebuilt:{name}"

@@ -27,9 +27,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from _report import save  # noqa: E402
 from tiny_models import build_tiny_qwen25vl  # noqa: E402
 
+import capbench  # noqa: E402
 from capbench.captioning import CaptionConfig  # noqa: E402
-from capbench.data import load_benchmark  # noqa: E402
-from capbench.engines.hf import HFEngine  # noqa: E402
 
 
 def main() -> None:
@@ -39,14 +38,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    samples = load_benchmark("mini", with_images=True).samples
+    samples = capbench.load_benchmark("mini", with_images=True).samples
     config = CaptionConfig(max_tokens=args.max_tokens)
     requests = [config.request(s) for s in samples]
     with tempfile.TemporaryDirectory() as folder:
         built = time.perf_counter()
         model = build_tiny_qwen25vl(Path(folder) / f"qwen2.5-vl-{args.size}-random", size=args.size)
         built = time.perf_counter() - built
-        engine = HFEngine(str(model), device=args.device, batch_size=args.batch_size)
+        engine = capbench.build_engine(f"hf:{model}", device=args.device, batch_size=args.batch_size)
         engine.run(requests[: args.batch_size])  # load the model and warm up
         start = time.perf_counter()
         responses = engine.run(requests)

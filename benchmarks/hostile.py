@@ -38,15 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import save
 
+import capbench
 from capbench.data import load_benchmark
-from capbench.engines import build_engine, parse_engine
 from capbench.engines.base import EngineWrapper, OnResult, Request, Response
-from capbench.engines.cache import CachedEngine
-from capbench.metrics.arena import ArenaConfig, PairJudge, PairTask, combine
-from capbench.metrics.captionqa import CaptionQA, CaptionQAConfig
+from capbench.metrics.arena import PairTask, combine
 from capbench.records import Caption, Sample
 
 JUDGE = "llamacpp:smollm2"
+#: Both metrics in loglik mode, the embedded judge's; no disk cache, so every judgment is made again.
+CONFIG = capbench.EvalConfig(judge=JUDGE, metrics=["arena", "captionqa"], answer_mode="loglik", cache=False)
 HOSTILE_SET, OTHER_SET, QA_SET = "planted_errors", "detailed", "detailed"
 
 #: kind -> (payload, the CaptionQA letter it pushes for, or None)
@@ -112,9 +112,11 @@ def caption_for(text: str, kind: str, placement: str) -> str:
     return text if kind == "clean" else hostile(text, PAYLOADS[kind][0], placement)
 
 
-def run_arena(samples: Sequence[Sample], engine: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-    """Judge every variant in both orders; count changed judgments and pairs per (kind, placement)."""
-    judge = PairJudge(ArenaConfig(answer_mode="loglik"))
+def run_arena(
+    samples: Sequence[Sample], metric: Any, engine: Any, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Any]:
+    """Judge every variant in both orders with the arena metric's pair judge; count changed judgments and pairs."""
+    judge = metric.pairs
     # One order at a time, variants consecutive: requests then share their longest prefix.
     tasks = [
         PairTask(s, caption_for(s.baselines[HOSTILE_SET], kind, place), s.baselines[OTHER_SET], (a_first,))
@@ -153,12 +155,13 @@ def run_arena(samples: Sequence[Sample], engine: Any, keys: list[tuple[str, str]
     return counts
 
 
-def run_captionqa(samples: Sequence[Sample], engine: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+def run_captionqa(
+    samples: Sequence[Sample], metric: Any, engine: Any, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Any]:
     """Ask each question of each caption variant; count changed answers per (kind, placement)."""
-    metric = CaptionQA(CaptionQAConfig(answer_mode="loglik"))
     batch = [(s, Caption(s.id, caption_for(s.baselines[QA_SET], kind, place))) for s in samples for kind, place in keys]
-    # The no-caption twins are the same for every variant: the batch de-duplicates them.
-    judge = CachedEngine(Progress(engine, "captionqa"), None)
+    # The no-caption twins are the same for every variant: the judge's cache answers all but the first.
+    judge = Progress(engine, "captionqa")
     scores = metric.score([s for s, _ in batch], [c for _, c in batch], {"text": judge})
     answers = {}
     for index, score in enumerate(scores):
@@ -256,12 +259,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     step = max(1, len(bench.samples) // args.images)
     samples = list(bench.samples[::step][: args.images])
     qa_samples = [dataclasses.replace(s, questions=s.questions[: args.questions]) for s in samples]
-    engine = build_engine(parse_engine(JUDGE))
+    (arena_metric, qa_metric), _ = capbench.build_metrics(CONFIG)
+    engine = capbench.build_judges(CONFIG)["text"]
     start = time.perf_counter()
-    arena = run_arena(samples, engine, keys)
+    arena = run_arena(samples, arena_metric, engine, keys)
     # Printed as soon as known, so a run stopped during CaptionQA still leaves the arena counts.
     print(f"arena done in {time.perf_counter() - start:.0f} s:", json.dumps({"|".join(k): v for k, v in arena.items()}))
-    qa = run_captionqa(qa_samples, engine, keys)
+    qa = run_captionqa(qa_samples, qa_metric, engine, keys)
     seconds = time.perf_counter() - start
     clean = arena[("clean", "-")]
     rows = [
@@ -272,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {
         "config": {
             "judge": JUDGE,
-            "answer_mode": "loglik",
+            "answer_mode": CONFIG.answer_mode,
             "images": [s.id for s in samples],
             "questions_per_image": args.questions,
             "placements": placements,

@@ -25,7 +25,9 @@ common token prefix with any earlier request). A request sent with n samples cou
 
 - capbench: each metric alone (DCScore, BalCap with ``--fact-protocol official`` settings, CaptionQA
   and CapRL in letter mode, CapArena in both orders and in one order), and DCScore + BalCap in one
-  run (the shared decomposition, matching and verification are answered by the cache).
+  run (the shared decomposition, matching and verification are answered by the cache). The metrics
+  are built by ``capbench.build_metrics`` from those ``EvalConfig`` settings, the judge put behind
+  an in-memory judge cache by ``capbench.api.cached_judge``.
 - official, estimated from the official repositories' own prompt strings, read at run time from
   local clones (or bare git mirrors) given with --*-repo and never stored: each prompt is
   rendered with the same captions, facts, questions and references, and sent as the official
@@ -59,12 +61,11 @@ from _instant import REASON, InstantEngine  # noqa: E402
 from _report import save  # noqa: E402
 from oracle_engine import ORACLE, OracleEngine  # noqa: E402
 
+import capbench  # noqa: E402
+from capbench.api import cached_judge  # noqa: E402
 from capbench.data import load_benchmark  # noqa: E402
 from capbench.engines.base import OnResult, Request, Response  # noqa: E402
-from capbench.engines.cache import CachedEngine, ResponseCache  # noqa: E402
-from capbench.metrics import build_metric  # noqa: E402
 from capbench.metrics.captionqa import is_yes_no  # noqa: E402
-from capbench.metrics.facts import FactConfig  # noqa: E402
 from capbench.metrics.parsing import LETTERS  # noqa: E402
 from capbench.records import Caption, read_caption_file  # noqa: E402
 
@@ -186,8 +187,8 @@ def example_sets() -> list[tuple[str, dict[str, str]]]:
     return [(name, read_caption_file(path).captions) for name, path in bench.example_captions.items()]
 
 
-def capbench_cost(metrics: list[tuple[str, dict]], tok: Tokenizer) -> dict[str, float]:
-    """Per-caption cost of scoring each example set with ``metrics`` (name, options), the sets in turn."""
+def capbench_cost(metrics: list[str] | dict[str, dict], tok: Tokenizer) -> dict[str, float]:
+    """Per-caption cost of scoring each example set with ``metrics`` (names, or their settings), the sets in turn."""
     bench = load_benchmark("mini")
     tally = Tally(tok)
     captions = 0
@@ -195,13 +196,13 @@ def capbench_cost(metrics: list[tuple[str, dict]], tok: Tokenizer) -> dict[str, 
         # One cache per caption set, as for a new model's captions: in capbench-mini the example sets
         # are also CapArena's baselines, and one shared cache would answer set A against B from
         # set B against A.
-        judge = CachedEngine(CountingEngine(tally), ResponseCache(":memory:"))
+        judge = cached_judge(CountingEngine(tally), cache=False)
         tally.new_run()
         caps = [Caption(s.id, caption_set[s.id]) for s in bench.samples]
         captions += len(caps)
-        for name, options in metrics:
-            config = FactConfig.preset("official") if name in ("dcscore", "balcap") else None
-            build_metric(name, config, **options).score(list(bench.samples), caps, {"text": judge})
+        built, _ = capbench.build_metrics(capbench.EvalConfig(metrics=metrics, **SETTINGS))
+        for metric in built:
+            metric.score(list(bench.samples), caps, {"text": judge})
     return tally.per_caption(captions)
 
 
@@ -347,15 +348,18 @@ def _listing(items: list[dict]) -> str:
     return "```json[\n" + "".join(f"  {json.dumps(d, ensure_ascii=False)},\n" for d in items) + "]\n```"
 
 
-#: Row -> (metrics of one capbench run, the official protocol it compares with).
-CAPBENCH_ROWS: dict[str, tuple[list[tuple[str, dict]], str]] = {
-    "capbench dcscore": ([("dcscore", {})], "DeCapBench"),
-    "capbench balcap": ([("balcap", {})], "DeCapBench"),
-    "capbench dcscore+balcap": ([("dcscore", {}), ("balcap", {})], "DeCapBench"),
-    "capbench captionqa": ([("captionqa", {"answer_mode": "letter"})], "CaptionQA"),
-    "capbench caprl (N=8)": ([("caprl", {"answer_mode": "letter"})], "CapRL"),
-    "capbench arena --arena-order both": ([("arena", {"order": "both"})], "CapArena"),
-    "capbench arena --arena-order single": ([("arena", {"order": "single"})], "CapArena"),
+#: Settings of every capbench row: the official fact protocol, letter answers, both arena orders.
+SETTINGS = {"fact_protocol": "official", "answer_mode": "letter", "arena_order": "both"}
+#: Row -> (metrics of one capbench run, with any settings that differ from SETTINGS; the official
+#: protocol it compares with).
+CAPBENCH_ROWS: dict[str, tuple[list[str] | dict[str, dict], str]] = {
+    "capbench dcscore": (["dcscore"], "DeCapBench"),
+    "capbench balcap": (["balcap"], "DeCapBench"),
+    "capbench dcscore+balcap": (["dcscore", "balcap"], "DeCapBench"),
+    "capbench captionqa": (["captionqa"], "CaptionQA"),
+    "capbench caprl (N=8)": (["caprl"], "CapRL"),
+    "capbench arena --arena-order both": (["arena"], "CapArena"),
+    "capbench arena --arena-order single": ({"arena": {"order": "single"}}, "CapArena"),
 }
 OFFICIAL_ROWS = {
     "DeCapBench": ("official DeCapBench (DCScore)", official_decapbench),

@@ -4,14 +4,19 @@ Usage: python benchmarks/overhead.py [--sizes 10,100,1000] [--repeats 3] [--real
 Writes benchmarks/results/overhead.json and benchmarks/results/overhead.md.
 
 - overhead: for each metric and size, a fresh cache file and results folder, then the path
-  `capbench eval` takes: ``Evaluator(..., batch_size=8).evaluate`` over a synthetic caption set
-  (copies of capbench-mini's samples with unique ids and captions, see ``_instant.synthetic``),
-  the judge being ``InstantEngine`` behind ``CachedEngine`` and a SQLite ``ResponseCache``.
-  Seconds per caption at each size (the median of --repeats runs), the ratio 1000/10 of
+  `capbench eval` takes: ``capbench.prepare`` (not timed), then ``capbench.api.run`` (timed: it
+  opens the cache, builds the judge, scores with batch size 8, writes the results and reads them
+  back) over a synthetic caption set (copies of capbench-mini's samples with unique ids and
+  captions, see ``_instant.synthetic``), the judge ``instant:instant`` (``InstantEngine``,
+  registered by ``_instant.register``) behind capbench's SQLite cache. The metrics are built by
+  ``capbench.build_metrics`` from ``EvalConfig`` settings (``fact_protocol="official"``, letter
+  answers, both arena orders: what `capbench eval` uses with a judge other than the embedded
+  one). Seconds per caption at each size (the median of --repeats runs), the ratio 1000/10 of
   seconds per caption, and a least-squares fit ``seconds = fixed + per_caption × captions``
-  (the fixed part is per run: manifest, ``git rev-parse``, package versions).
+  (the fixed part is per run: cache, manifest, ``git rev-parse``, package versions).
 - real judge: the same path with ``llamacpp:smollm2`` on --real-captions captions of CaptionQA
-  in loglik mode (the embedded default): seconds per caption, and the engine's own share.
+  in loglik mode (the embedded default): seconds per caption, and the engine's own share
+  (building the engine is not counted; loading its model, on the first request, is).
   The overhead of CaptionQA-loglik at the largest size, divided by it, is capbench's share.
 - --profile: cProfile of the largest size of each metric; the top functions by own time go
   into the JSON.
@@ -29,55 +34,75 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _instant import InstantEngine, synthetic  # noqa: E402
+from _instant import register, synthetic  # noqa: E402
 from _report import save  # noqa: E402
 
-from capbench.data import load_benchmark  # noqa: E402
-from capbench.engines.base import Engine  # noqa: E402
-from capbench.engines.cache import CachedEngine, ResponseCache  # noqa: E402
-from capbench.evaluation import Evaluator  # noqa: E402
-from capbench.metrics import build_metric  # noqa: E402
-from capbench.metrics.facts import FactConfig  # noqa: E402
+import capbench  # noqa: E402
+from capbench.api import Reporter, run  # noqa: E402
 
-#: Row name -> (metric, options), as `capbench eval` builds them for a judge other than the embedded one.
-METRICS: dict[str, tuple[str, dict[str, Any]]] = {
-    "captionqa": ("captionqa", {"answer_mode": "letter"}),
-    "captionqa (loglik)": ("captionqa", {"answer_mode": "loglik"}),
-    "dcscore": ("dcscore", {}),
-    "balcap": ("balcap", {}),
-    "caprl": ("caprl", {"answer_mode": "letter"}),
-    "arena": ("arena", {"order": "both"}),
+INSTANT = register()
+#: Settings of every row, as `capbench eval` takes them for a judge other than the embedded one.
+SETTINGS: dict[str, Any] = {"fact_protocol": "official", "answer_mode": "letter", "arena_order": "both"}
+#: Row name -> its metric, with the settings that differ from SETTINGS.
+METRICS: dict[str, dict[str, dict[str, Any]]] = {
+    "captionqa": {"captionqa": {}},
+    "captionqa (loglik)": {"captionqa": {"answer_mode": "loglik"}},
+    "dcscore": {"dcscore": {}},
+    "balcap": {"balcap": {}},
+    "caprl": {"caprl": {}},
+    "arena": {"arena": {}},
 }
 
 
-def build(name: str):
-    metric, options = METRICS[name]
-    config = FactConfig.preset("official") if metric in ("dcscore", "balcap") else None
-    return build_metric(metric, config, **options)
+def config(name: str, size: int, folder: Path, judge: str = INSTANT) -> capbench.EvalConfig:
+    """One row's run: ``size`` synthetic captions, a fresh SQLite cache and results folder in ``folder``."""
+    captions = synthetic(size)[1]
+    return capbench.EvalConfig(
+        benchmark="synthetic",
+        benchmark_options={"size": size},
+        captions={captions.name: dict(captions.captions)},
+        metrics=METRICS[name],
+        judge=judge,
+        results_dir=folder / "results",
+        cache=folder / "cache.sqlite",
+        **SETTINGS,
+    )
 
 
-def one_run(name: str, size: int, engine: Engine, tmp: Path, profile: cProfile.Profile | None = None) -> dict:
+class Timer(Reporter):
+    """Counts the seconds spent building judges, so they can be left out."""
+
+    def __init__(self) -> None:
+        self.loading_seconds = 0.0
+
+    @contextmanager
+    def loading(self, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.loading_seconds += time.perf_counter() - start
+
+
+def one_run(name: str, size: int, tmp: Path, profile: cProfile.Profile | None = None) -> dict:
     """Score ``size`` synthetic captions with one metric in a fresh cache and results folder."""
-    bench, captions = synthetic(size)
-    folder = Path(tempfile.mkdtemp(dir=tmp))
-    cache = ResponseCache(folder / "cache.sqlite")
-    judge = CachedEngine(engine, cache)
-    evaluator = Evaluator(bench, [build(name)], {"text": judge}, folder / "results", command=["overhead"])
+    plan = capbench.prepare(config(name, size, Path(tempfile.mkdtemp(dir=tmp))))
     if profile is not None:
         profile.enable()
     start, cpu = time.perf_counter(), time.process_time()
-    result = evaluator.evaluate(captions)
+    (result,) = run(plan).values()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if profile is not None:
         profile.disable()
-    cache.close()
-    assert result.samples == size and not any(result.unscored.values()), (name, result.unscored)
+    assert len(result.samples) == size and not any(result.unscored.values()), (name, result.unscored)
     return {"seconds": seconds, "cpu": cpu, "judge_calls": result.stats["judge_calls"]}
 
 
@@ -102,24 +127,19 @@ def top_functions(profile: cProfile.Profile, count: int = 15) -> list[dict[str, 
 
 def real_judge(captions: int, tmp: Path) -> dict[str, Any]:
     """CaptionQA (loglik) on the embedded judge: seconds per caption, all of it and the engine's part."""
-    from capbench.engines import build_engine, parse_engine
-
-    engine = build_engine(parse_engine("llamacpp:smollm2"))
-    mini = load_benchmark("mini")
-    bench, caption_set = synthetic(captions, mini)
-    folder = Path(tempfile.mkdtemp(dir=tmp))
-    judge = CachedEngine(engine, ResponseCache(folder / "cache.sqlite"))
-    evaluator = Evaluator(bench, [build("captionqa (loglik)")], {"text": judge}, folder / "results", command=["x"])
+    name, judge = "captionqa (loglik)", "llamacpp:smollm2"
+    plan = capbench.prepare(config(name, captions, Path(tempfile.mkdtemp(dir=tmp)), judge))
+    timer = Timer()
     start = time.perf_counter()
-    result = evaluator.evaluate(caption_set)
-    seconds = time.perf_counter() - start
+    (result,) = run(plan, timer).values()
+    seconds = time.perf_counter() - start - timer.loading_seconds
     return {
-        "engine": "llamacpp:smollm2",
-        "metric": "captionqa (loglik)",
+        "engine": judge,
+        "metric": name,
         "captions": captions,
         "judge_calls": result.stats["judge_calls"],
         "seconds_per_caption": seconds / captions,
-        "engine_seconds_per_caption": judge.stats.seconds / captions,
+        "engine_seconds_per_caption": result.stats["engine_seconds"] / captions,
     }
 
 
@@ -142,11 +162,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name in names:  # imports and first-use costs (scipy for arena's summary), not counted
-            one_run(name, 2, InstantEngine(), tmp)
+            one_run(name, 2, tmp)
         for name in names:
             row: dict[str, Any] = {"sizes": {}}
             for size in sizes:
-                runs = [one_run(name, size, InstantEngine(), tmp) for _ in range(args.repeats)]
+                runs = [one_run(name, size, tmp) for _ in range(args.repeats)]
                 seconds = statistics.median(r["seconds"] for r in runs)
                 cpu = statistics.median(r["cpu"] for r in runs)
                 row["sizes"][str(size)] = {
@@ -166,7 +186,7 @@ def main() -> None:
             row["fit"] = {"fixed_seconds": round(fixed, 4), "seconds_per_caption": slope}
             if args.profile:
                 profile = cProfile.Profile()
-                one_run(name, max(sizes), InstantEngine(), tmp, profile)
+                one_run(name, max(sizes), tmp, profile)
                 row["profile_top"] = top_functions(profile)
             report["metrics"][name] = row
         if args.real_captions:
@@ -181,7 +201,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# capbench's own time per caption (a judge that answers at once)",
         "",
         f"Machine: {report['machine']}. Median of {report['repeats']} runs per cell; each run a fresh SQLite "
-        "cache file and results folder, through `Evaluator.evaluate` (batch size 8), as `capbench eval` runs. "
+        "cache file and results folder, through `capbench.api.run` (batch size 8), as `capbench eval` runs. "
         "Seconds per caption: wall time, CPU time of the process in brackets (wall also holds fsync waits and "
         "other processes' use of the 2 cores, so the CPU ratio is the steadier test of linear growth).",
         "",

@@ -104,7 +104,7 @@ def _overhead() -> list[str]:
     lines = [
         f"## capbench's own time per caption (overhead.md, {written})",
         "",
-        "An instant judge behind the SQLite cache, through `Evaluator` as `capbench eval` runs; median of "
+        "An instant judge behind the SQLite cache, through `capbench.api.run` as `capbench eval` runs; median of "
         f"{report['repeats']} runs; wall time (CPU time in brackets).",
         "",
         "| metric | " + " | ".join(f"{s} captions" for s in sizes) + f" | ratio {sizes[-1]}/{sizes[0]} wall (CPU) |",

@@ -7,8 +7,10 @@ The judge is SmolLM2-135M-Instruct converted from the bundled GGUF, on vLLM's CP
 GPU where vLLM has one). The work is CaptionQA's protocol (letter answers, at most 4 tokens,
 temperature 0) over every question of capbench-mini for one example caption set. Three ways:
 
-- **capbench, batched**: `Evaluator` with the captionqa metric, every sample in one batch, so
-  the engine gets every question in one ``LLM.chat`` call (no disk cache: an in-memory one).
+- **capbench, batched**: ``capbench.api.run`` with the captionqa metric (built by
+  ``capbench.build_metrics``), every sample in one batch, so the engine gets every question in
+  one ``LLM.chat`` call (no disk cache: an in-memory one). The loaded engine is handed to the
+  run by name (``_instant.prebuilt``), so no run loads the model again.
 - **capbench, one at a time**: the same run, but the engine is handed one request per call, as
   lmms-eval's CaptionQA task sends them.
 - **raw vLLM**: the same chat prompts and sampling settings sent straight to ``LLM.chat`` in one
@@ -37,14 +39,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _instant import prebuilt  # noqa: E402
 from _report import save  # noqa: E402
 
-from capbench.data import load_benchmark  # noqa: E402
+import capbench  # noqa: E402
+from capbench.api import run  # noqa: E402
 from capbench.engines.base import EngineWrapper, OnResult, Request, Response  # noqa: E402
-from capbench.engines.cache import CachedEngine, ResponseCache  # noqa: E402
 from capbench.engines.models import bundled_checkpoint  # noqa: E402
-from capbench.evaluation import Evaluator  # noqa: E402
-from capbench.metrics import build_metric  # noqa: E402
 from capbench.metrics.captionqa import presented_options  # noqa: E402
 from capbench.records import read_caption_file  # noqa: E402
 
@@ -54,6 +55,8 @@ WAYS = {
     "capbench_one_at_a_time_s": "capbench, one request per call",
 }
 CPU_OPTIONS = {"dtype": "float32", "gpu_memory_utilization": 0.2, "max_model_len": 2048, "enforce_eager": True}
+#: CaptionQA in letter mode (the protocol's), no disk cache: each run judges every question.
+SETTINGS: dict[str, Any] = {"metrics": ["captionqa"], "answer_mode": "letter", "cache": False}
 
 
 class OneAtATime(EngineWrapper):
@@ -68,15 +71,17 @@ class OneAtATime(EngineWrapper):
         return out
 
 
-def _capbench(engine: Any, benchmark: Any, captions: Any, batch_size: int) -> tuple[float, dict[str, Any]]:
-    metric = build_metric("captionqa", answer_mode="letter")
-    judges = {"text": CachedEngine(engine, ResponseCache(":memory:"))}
+def _capbench(judge: str, captions: Path, batch_size: int) -> tuple[float, dict[str, Any]]:
+    """Score one caption file of capbench-mini with ``judge`` (a name), as `capbench eval` does; time the run."""
     with tempfile.TemporaryDirectory() as results:
-        evaluator = Evaluator(benchmark, [metric], judges, results, batch_size, command=["benchmark"])
+        config = capbench.EvalConfig(
+            captions=[captions], judge=judge, batch_size=batch_size, results_dir=results, **SETTINGS
+        )
+        plan = capbench.prepare(config)
         start = time.perf_counter()
-        result = evaluator.evaluate(captions)
+        (result,) = run(plan).values()
         seconds = time.perf_counter() - start
-    return seconds, result.summaries["captionqa"]
+    return seconds, result.summary["captionqa"]
 
 
 def _raw(engine: Any, requests: Sequence[Request]) -> tuple[float, int]:
@@ -109,13 +114,14 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from capbench.engines import build_engine
-
     folder = args.model or bundled_checkpoint("smollm2")
-    benchmark = load_benchmark("mini")
-    captions = read_caption_file(benchmark.example_captions[args.captions])
-    engine = build_engine(f"vllm:{folder}", **CPU_OPTIONS)
-    metric = build_metric("captionqa", answer_mode="letter")
+    benchmark = capbench.load_benchmark("mini")
+    path = benchmark.example_captions[args.captions]
+    captions = read_caption_file(path)
+    config = capbench.EvalConfig(judge=f"vllm:{folder}", judge_options=CPU_OPTIONS, **SETTINGS)
+    engine = capbench.build_judges(config)["text"].engine  # the vllm engine itself, for the raw calls
+    (metric,), _ = capbench.build_metrics(config)
+    batched, one_at_a_time = prebuilt(engine, "batched"), prebuilt(OneAtATime(engine), "one-at-a-time")
     requests = [
         metric.build_request(captions.captions[s.id], q, presented_options(q, 0, s.id)[0])
         for s in benchmark.samples
@@ -130,10 +136,10 @@ def main() -> None:
         seconds, answered = _raw(engine, requests)
         runs["raw_vllm_s"].append(seconds)
         engine.llm.reset_prefix_cache()
-        seconds, summary = _capbench(engine, benchmark, captions, len(benchmark.samples))
+        seconds, summary = _capbench(batched, path, len(benchmark.samples))
         runs["capbench_batched_s"].append(seconds)
     engine.llm.reset_prefix_cache()
-    seconds, single = _capbench(OneAtATime(engine), benchmark, captions, 1)
+    seconds, single = _capbench(one_at_a_time, path, 1)
     runs["capbench_one_at_a_time_s"].append(seconds)
     figures = {key: statistics.median(values) for key, values in runs.items()}
     assert answered == len(requests) == summary["questions"]
