@@ -44,16 +44,12 @@ class _RichProgress:
 
     def start(self, caption_set: str, planned: int) -> None:
         self.planned, self.submitted_total, self.cached, self.name = planned, 0, 0, caption_set
-        self.task = None
-        if planned:  # with nothing planned (a judge-free metric) the bar appears only if a call is made
-            self.task = self.progress.add_task(caption_set, total=planned, cached=0, what="judge calls (0 cached)")
+        self.task = self.progress.add_task(caption_set, total=planned, cached=0, what="judge calls (0 cached)")
 
     def submitted(self, n: int) -> None:
         # A metric that cannot plan its requests ahead grows the total as it submits them.
         self.submitted_total += n
-        if self.task is None:
-            self.task = self.progress.add_task(self.name, total=self.submitted_total, cached=0, what="judge calls")
-        elif self.submitted_total > self.planned:
+        if self.task is not None and self.submitted_total > self.planned:
             self.progress.update(self.task, total=self.submitted_total)
 
     def completed(self, cached: bool) -> None:
