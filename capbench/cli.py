@@ -189,6 +189,24 @@ def _judge_engine_options(command: Any) -> Any:
     help="caprl: questions drawn (with replacement) per caption; the utility is the share answered right.",
 )
 @click.option(
+    "--caprl-parse",
+    type=click.Choice(["capbench", "caprl"]),
+    help="caprl: read replies as capbench does [default], or by CapRL's released rule (the first capital A-I "
+    "anywhere; a reply naming no option scores 0).",
+)
+@click.option(
+    "--captionqa-aggregation",
+    type=click.Choice(["exact", "official"]),
+    help="captionqa: 'official' adds the leaderboard's displayed numbers (rounded as the official scripts round) "
+    "next to the exact headline [default: exact only].",
+)
+@click.option(
+    "--captionqa-shuffle",
+    type=click.Choice(["per-question", "official", "official-per-domain"]),
+    help="captionqa: option order from capbench's per-question streams [default], or qa.py's one seeded stream "
+    "over the split (official) or over each domain (official-per-domain).",
+)
+@click.option(
     "--prompt-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of prompt templates that replace capbench's own (same file names).",

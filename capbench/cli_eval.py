@@ -71,12 +71,22 @@ def config_from_options(opts: Mapping[str, Any]) -> EvalConfig:
     if len(set(names)) != len(names):
         raise ConfigError(f"a metric is named twice in --metrics {opts['metrics']!r}")
     loader = {k: opts.get(k) for k in ("images_dir", "data_file", "dataset", "split") if opts.get(k) is not None}
+    per_metric: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for flag, (metric, setting) in _METRIC_FLAGS.items():
+        value = opts.get(flag)
+        if value is None:
+            continue
+        if metric not in per_metric:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} is a setting of metric {metric!r}, which --metrics does not name"
+            )
+        per_metric[metric][setting] = value.replace("-", "_") if setting == "shuffle" else value
     settings: dict[str, Any] = {
         "benchmark": opts["benchmark"],
         "benchmark_options": loader,
         "captions": list(opts.get("caption_files") or ()),
         "example_captions": bool(opts.get("example_captions")),
-        "metrics": names,
+        "metrics": per_metric if any(per_metric.values()) else names,
         "judge": opts.get("judge") or DEFAULT_JUDGE,
         "judge_options": _options(opts, "judge"),
         "vision_judge": opts.get("vision_judge"),
@@ -106,6 +116,14 @@ def config_from_options(opts: Mapping[str, Any]) -> EvalConfig:
     }
     settings.update({field: opts[key] for key, field in optional.items() if opts.get(key) is not None})
     return EvalConfig(**settings)
+
+
+#: ``capbench eval`` flags that set one metric's setting: flag -> (metric, setting of its config).
+_METRIC_FLAGS = {
+    "caprl_parse": ("caprl", "parse"),
+    "captionqa_aggregation": ("captionqa", "aggregation"),
+    "captionqa_shuffle": ("captionqa", "shuffle"),
+}
 
 
 def _options(opts: Mapping[str, Any], role: str) -> dict[str, Any]:

@@ -112,6 +112,19 @@ def test_caparena_auto_scores_against_each_baseline():
     assert headline(metric.units(scores)) == pytest.approx(summary["score"])
 
 
+def test_caption_length_is_averaged_over_every_captioned_sample_own_baseline_images_included():
+    # The model is the baseline of "b": that image is not judged, but its caption's words count,
+    # so every model's length is averaged over the same images (docs/metrics/arena.md).
+    samples = [_sample("a", {"base": "A bus."}), _sample("b", {"me": "One two three four five six seven eight."})]
+    captions = [Caption("a", "A red\n bus."), Caption("b", "One two three four five six seven eight.")]
+    metric = Arena()
+    scores = metric.score(samples, captions, {"text": ScriptedEngine(prefers_longer)})
+    assert scores[1].details["pairs"] == [{"baseline": "me", "self": True}]
+    summary = metric.summarize(scores)
+    assert summary["images"] == 2 and summary["baselines"]["base"]["score"] == 100.0
+    assert summary["length"] == pytest.approx((3 + 8) / 2)  # not 3, the length of the one judged caption
+
+
 def test_a_judge_that_always_picks_the_first_caption_gives_ties():
     samples = [_sample("a", {"base": "A bus."})]
     judge = ScriptedEngine(lambda r: '{"reason": "r", "judgment": "Caption 1 is better"}')

@@ -8,7 +8,7 @@ from conftest import ScriptedEngine
 from capbench.engines.base import Response
 from capbench.errors import ConfigError
 from capbench.metrics import build_metric
-from capbench.metrics.caprl import CapRL, CapRLConfig
+from capbench.metrics.caprl import CapRL, CapRLConfig, caprl_letter
 from capbench.metrics.captionqa import CANNOT_ANSWER
 from capbench.metrics.parsing import LETTERS
 from capbench.records import Caption, Question, Sample
@@ -122,3 +122,70 @@ def test_registered_and_checked():
     assert (
         CapRL().planned_requests([SAMPLE, Sample("t", None)], [Caption("x", "a"), Caption("t", "b")]) == 8
     )  # no questions, no draws
+
+
+# One draw shown as A. red, B. blue (right), C. green, D. cannot answer.
+DRAW = {"draw": 0, "question": QUESTIONS[0], "options": ["red", "blue", "green", CANNOT_ANSWER], "order": [0, 1, 2, 3]}
+
+# (reply, CapRL's first-capital letter, (status, correct) under parse="capbench", under parse="caprl")
+PARSE_RULES = [
+    # a stated answer: capbench reads B; CapRL reads the A of "Answer", a wrong option
+    ("Answer: (B)", "A", ("answered", True), ("answered", False)),
+    # prose: capbench reads nothing (unscored); CapRL reads the I of "I think", no option: 0
+    ("I think it is B", "I", ("unparsed", None), ("unparsed", False)),
+    # a lower-case letter: capbench reads B; CapRL sees no capital: 0
+    ("b", None, ("answered", True), ("unparsed", False)),
+    # an empty reply: unscored, or 0
+    ("", None, ("unparsed", None), ("unparsed", False)),
+    # the format CapRL asks for: T and h are not A-I, so both read B
+    ("The answer is B.", "B", ("answered", True), ("answered", True)),
+    # CapRL's own "cannot answer" letter F names no option in capbench's layout
+    ("F", "F", ("unparsed", None), ("unparsed", False)),
+    # "cannot answer" in capbench's layout: 0 under both rules
+    ("D", "D", ("cannot_answer", False), ("cannot_answer", False)),
+]
+
+
+@pytest.mark.parametrize(("reply", "letter", "capbench", "caprl"), PARSE_RULES)
+def test_hand_written_replies_under_both_parse_rules(reply, letter, capbench, caprl):
+    assert caprl_letter(reply) == letter
+    for parse, expected in (("capbench", capbench), ("caprl", caprl)):
+        record = CapRL(CapRLConfig(parse=parse))._judgment(DRAW, Response(texts=(reply,)), None)
+        assert (record["status"], record["correct"]) == expected, parse
+
+
+def test_caprl_parse_scores_unread_replies_0_and_counts_them():
+    replies = iter(["hmm", "b", "Answer: (B)", Response(error="server: boom")])
+    metric = CapRL(CapRLConfig(samples=4, parse="caprl"))
+    [score] = metric.score([SAMPLE], [Caption("s", "cap")], {"text": ScriptedEngine(lambda r: next(replies))})
+    statuses = [r["status"] for r in score.details["draws"]]
+    assert statuses[:2] == ["unparsed", "unparsed"] and statuses[3] == "failed"
+    # three replies scored (two of them 0 for naming nothing), the failed call left out as before
+    assert score.unscored == 1 and score.failed == 1
+    scored = [r["correct"] for r in score.details["draws"] if r["correct"] is not None]
+    assert len(scored) == 3 and score.values["utility"] == pytest.approx(100 * sum(scored) / 3)
+    assert metric.summarize([score])["unparsed_scored_0"] == 2
+
+    # a caption whose every reply is unreadable has utility 0 under CapRL's rule, None under capbench's
+    for parse, utility in (("caprl", 0.0), ("capbench", None)):
+        [shrug] = CapRL(CapRLConfig(samples=3, parse=parse)).score(
+            [SAMPLE], [Caption("s", "cap")], {"text": ScriptedEngine(lambda r: "no idea")}
+        )
+        assert shrug.values["utility"] == utility, parse
+    assert "unparsed_scored_0" not in CapRL().summarize([shrug])
+
+
+def test_parse_setting_is_checked_and_enters_config_only_when_set():
+    from capbench.build import build_metrics
+    from capbench.config import EvalConfig
+
+    assert "parse" not in CapRL().config()  # existing config hashes are unchanged
+    assert CapRL(CapRLConfig(parse="caprl")).config()["parse"] == "caprl"
+    with pytest.raises(ConfigError, match="letter"):
+        CapRLConfig(parse="caprl", answer_mode="loglik")
+    with pytest.raises(ConfigError, match="parse"):
+        CapRLConfig(parse="official")  # type: ignore[arg-type]
+    [metric], _ = build_metrics(EvalConfig(metrics={"caprl": {"parse": "caprl"}}, answer_mode="letter"))
+    assert isinstance(metric, CapRL) and metric.cfg.parse == "caprl"
+    with pytest.raises(ConfigError, match="parse"):
+        build_metrics(EvalConfig(metrics={"caprl": {"parse": "first-capital"}}, answer_mode="letter"))

@@ -243,3 +243,19 @@ def test_prompt_dir_replaces_templates(tmp_path: Path, scripted_cli_engine):
     hashes = manifest["metrics"]["captionqa"]["prompts"], mine["metrics"]["captionqa"]["prompts"]
     assert hashes[0]["captionqa.user"] != hashes[1]["captionqa.user"]
     assert hashes[0]["captionqa.system"] == hashes[1]["captionqa.system"]
+
+
+def test_metric_setting_flags_reach_their_metric_and_only_it(tmp_path: Path, scripted_cli_engine):
+    base = ["eval", "--example-captions", "--judge", "scripted:A", "--limit", "2", "--results-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [*base, "-m", "captionqa", "--caprl-parse", "caprl"])
+    assert result.exit_code != 0 and "--caprl-parse is a setting of metric 'caprl'" in result.output
+    result = CliRunner().invoke(
+        main, [*base, "-m", "captionqa,caprl", "--caprl-parse", "caprl", "--captionqa-aggregation", "official",
+               "--captionqa-shuffle", "per-question", "--answer-mode", "letter", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [run, *_] = json.loads(result.stdout)["runs"]
+    assert "official_score" in run["metrics"]["captionqa"]
+    manifest = json.loads((tmp_path / "mini" / run["caption_set"] / "manifest.json").read_text())
+    assert manifest["metrics"]["caprl"]["config"]["parse"] == "caprl"
+    assert manifest["metrics"]["captionqa"]["config"]["aggregation"] == "official"

@@ -8,6 +8,7 @@ import pytest
 from conftest import ScriptedEngine
 
 from capbench.engines.base import ImagePart, Response
+from capbench.metrics.dcscore import dcscore_trial
 from capbench.metrics.facts import (
     Fact,
     FactConfig,
@@ -42,48 +43,93 @@ FACT_REPLIES = [
 
 @pytest.mark.parametrize(("reply", "expected"), FACT_REPLIES)
 def test_read_facts(reply, expected):
-    assert [(f.text, f.object, f.descriptive) for f in _read_facts(parse_json(reply))] == expected
+    assert [(f.text, f.object, f.descriptive) for f in _read_facts(parse_json(reply))[0]] == expected
 
 
-VERDICT_REPLIES = [
-    # in order, booleans
-    ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}, {"id": 2, "correct": false, "pointable": true}]}',
-     ((True, False), (True, True))),
-    # out of order, words and numbers
-    ('{"verdicts": [{"id": 2, "correct": "no", "pointable": 0}, {"id": 1, "correct": "yes", "pointable": 1}]}',
-     ((True, False), (True, False))),
-    # exactly as many entries as facts, but misnumbered: read in order
-    ('{"verdicts": [{"id": 7, "correct": true, "pointable": false}, {"id": 9, "correct": true, "pointable": true}]}',
-     ((True, True), (False, True))),
-    # an entry missing: the sample is unusable
-    ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}]}', None),
-    # DeCapBench's own format: facts echoed without numbers, "verification" 1/0
-    ('[{"fact": "a", "identifier": "x", "verification": 1}, {"fact": "b", "identifier": "y", "verification": 0}]',
-     ((True, False), (True, True))),
-    # a verdict that is neither yes nor no
-    ('{"verdicts": [{"id": 1, "correct": "maybe", "pointable": true}, {"id": 2, "correct": true}]}', None),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("reply", "expected"), VERDICT_REPLIES)
-def test_read_verdicts(reply, expected):
-    verdicts = _read_verdicts(parse_json(reply), count=2)
-    assert (None if verdicts is None else (verdicts.correct, verdicts.pointable)) == expected
-
-
-MATCH_REPLIES = [
-    ('{"matches": [{"id": 1, "reference": 2}, {"id": 2, "reference": null}]}', (1, None)),
-    ('[{"id": 1, "reference": "None"}, {"id": 2, "reference": "3"}]', (None, 2)),
-    ('{"matches": [{"id": 1, "reference": 99}, {"id": 2, "reference": 1}]}', (None, 0)),  # out of range: unmatched
-    ('{"matches": [{"id": 2, "reference": 1}]}', None),
-    # DeCapBench's own format: "matched_oracle_id" counts from 0, "None" for no match
-    ('[{"fact": "a", "matched_oracle_id": 0}, {"fact": "b", "matched_oracle_id": "None"}]', (0, None)),
+UNFLAGGED = [
+    # every fact flagged, ours or DeCapBench's way (the string "1" is read as true)
+    ('[{"fact": "a", "descriptive": false}, {"fact": "b", "relevance": "1"}]', (False, True), 0),
+    # a missing relevance key (DeCapBench's code then fails the image): descriptive, and counted
+    ('[{"fact": "a", "identifier": "x"}, {"fact": "b", "relevance": 0}]', (True, False), 1),
+    # an unreadable flag and a bare string: descriptive, and counted
+    ('[{"fact": "a", "descriptive": "maybe"}, "b"]', (True, True), 2),
 ]
 
 
-@pytest.mark.parametrize(("reply", "expected"), MATCH_REPLIES)
-def test_read_matches(reply, expected):
-    assert _read_matches(parse_json(reply), count=2, references=3) == expected
+@pytest.mark.parametrize(("reply", "descriptive", "unflagged"), UNFLAGGED)
+def test_facts_without_a_readable_flag_are_descriptive_and_counted(reply, descriptive, unflagged):
+    facts, count = _read_facts(parse_json(reply))
+    assert tuple(f.descriptive for f in facts) == descriptive and count == unflagged
+
+
+FACTS = ["a", "b"]
+
+# (reply, (correct, pointable) or None if unusable, whether the reading was a guess)
+VERDICT_REPLIES = [
+    # in order, booleans
+    ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}, {"id": 2, "correct": false, "pointable": true}]}',
+     ((True, False), (True, True)), False),
+    # out of order, words and numbers
+    ('{"verdicts": [{"id": 2, "correct": "no", "pointable": 0}, {"id": 1, "correct": "yes", "pointable": 1}]}',
+     ((True, False), (True, False)), False),
+    # exactly as many entries as facts, but misnumbered: read in order, and that guess is recorded
+    ('{"verdicts": [{"id": 7, "correct": true, "pointable": false}, {"id": 9, "correct": true, "pointable": true}]}',
+     ((True, True), (False, True)), True),
+    # an entry missing: the sample is unusable
+    ('{"verdicts": [{"id": 1, "correct": true, "pointable": true}]}', None, False),
+    # DeCapBench's own format: facts echoed without numbers, "verification" 1/0
+    ('[{"fact": "a", "identifier": "x", "verification": 1}, {"fact": "b", "identifier": "y", "verification": 0}]',
+     ((True, False), (True, True)), False),
+    # the same in another order than the facts: placed by their text, as DeCapBench's code does
+    ('[{"fact": "B", "verification": 0}, {"fact": " a ", "verification": 1}]', ((True, False), (True, True)), False),
+    # "1" as a string is true (DeCapBench's code compares with the number 1: false)
+    ('[{"fact": "a", "verification": "1"}, {"fact": "b", "verification": "0"}]',
+     ((True, False), (True, True)), False),
+    # neither ids nor the facts' texts: read in order, and that guess is recorded
+    ('[{"fact": "x", "verification": 0}, {"verification": 1}]', ((False, True), (True, True)), True),
+    # a verdict that is neither yes nor no
+    ('{"verdicts": [{"id": 1, "correct": "maybe", "pointable": true}, {"id": 2, "correct": true}]}', None, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reply", "expected", "guessed"), VERDICT_REPLIES)
+def test_read_verdicts(reply, expected, guessed):
+    verdicts, guesses = _read_verdicts(parse_json(reply), facts=FACTS)
+    assert (None if verdicts is None else (verdicts.correct, verdicts.pointable)) == expected
+    assert bool(guesses) == guessed
+
+
+# (reply, reference indices or None if unusable, whether a reading was a guess); 3 reference facts
+MATCH_REPLIES = [
+    ('{"matches": [{"id": 1, "reference": 2}, {"id": 2, "reference": null}]}', (1, None), False),
+    ('[{"id": 1, "reference": "None"}, {"id": 2, "reference": "3"}]', (None, 2), False),
+    # a reference that does not exist (DeCapBench's code counts it as matched): unmatched, and recorded
+    ('{"matches": [{"id": 1, "reference": 99}, {"id": 2, "reference": 1}]}', (None, 0), True),
+    ('{"matches": [{"id": 1, "reference": 0}, {"id": 2, "reference": 1}]}', (None, 0), True),  # ours count from 1
+    ('{"matches": [{"id": 1, "reference": "two"}, {"id": 2}]}', (None, None), True),  # unreadable, and none given
+    ('{"matches": [{"id": 2, "reference": 1}]}', None, False),
+    # DeCapBench's own format: "matched_oracle_id" counts from 0, "None" for no match
+    ('[{"fact": "a", "matched_oracle_id": 0}, {"fact": "b", "matched_oracle_id": "None"}]', (0, None), False),
+    # 0 and "0" name one reference fact (DeCapBench's code counts them as two)
+    ('[{"fact": "a", "matched_oracle_id": 0}, {"fact": "b", "matched_oracle_id": "0"}]', (0, 0), False),
+    # by text, in another order
+    ('[{"fact": "b", "matched_oracle_id": 2}, {"fact": "a", "matched_oracle_id": "None"}]', (None, 2), False),
+    ('[{"fact": "a", "matched_oracle_id": 3}, {"fact": "b", "matched_oracle_id": 2}]', (None, 2), True),  # out of range
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reply", "expected", "guessed"), MATCH_REPLIES)
+def test_read_matches(reply, expected, guessed):
+    matches, guesses = _read_matches(parse_json(reply), facts=FACTS, references=3)
+    assert matches == expected and bool(guesses) == guessed
+
+
+def test_one_reference_id_written_two_ways_shares_its_credit():
+    # Two correct facts matched to reference 0, once as 0 and once as "0", and one reference fact:
+    # one reference, credit shared, recall 1 (DeCapBench's code: two keys, recall 2).
+    reply = '[{"fact": "a", "matched_oracle_id": 0}, {"fact": "b", "matched_oracle_id": "0"}]'
+    matches, _ = _read_matches(parse_json(reply), facts=FACTS, references=1)
+    assert dcscore_trial([True, True], matches, [True, True], n_references=1)["recall"] == pytest.approx(1.0)
 
 
 def test_truncated_reply_keeps_complete_elements():

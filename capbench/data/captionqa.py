@@ -14,6 +14,11 @@ other. Skipped questions are listed in their sample's ``meta["skipped_questions"
 in the benchmark's description; an entry left with no question is still a sample (it can be
 captioned, and CaptionQA gives it no score).
 
+Every sample's ``meta["load_order"]`` is one :class:`LoadOrder`, shared by all samples of a
+load: the split as loaded and every entry in dataset order. A stream drawn over a whole split,
+as the official ``qa.py`` draws its option shuffles, needs it even when only some samples are
+scored (``--limit``, a batch, a resumed run).
+
 With ``with_images``, each image is written once, by content, to
 ``$CAPBENCH_HOME/images/captionqa/<sha256>.<ext>``; without, images are neither read nor decoded.
 """
@@ -24,6 +29,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,18 @@ DESCRIPTION = "CaptionQA: 657 entries in 4 domains with multiple-choice question
 
 NO_MATCH = "answer matches no choice"
 TOO_FEW_CHOICES = "fewer than 2 choices"
+
+
+@dataclass(frozen=True)
+class LoadOrder:
+    """The entries of one load in dataset order, shared by its samples as ``meta["load_order"]``."""
+
+    split: str
+    """The split as ``qa.py --split`` names it: "all" (the four domains in order) or one domain; a
+    comma-separated list otherwise."""
+    entries: tuple[tuple[str, str, tuple[Question, ...]], ...] = field(repr=False)
+    """(entry id, domain, kept questions) of every entry, in the order loaded."""
+
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _TEXT_COLUMNS = ("id", "questions", "domain", "image_paths")
@@ -79,6 +97,10 @@ def load(with_images: bool = False, dataset: str = DEFAULT_DATASET, split: str =
                 )
             origin[sample.id] = name
             samples.append(sample)
+    order = LoadOrder(
+        "all" if splits == SPLITS else ",".join(splits), tuple((s.id, s.domain, s.questions) for s in samples)
+    )
+    samples = [replace(s, meta={**s.meta, "load_order": order}) for s in samples]
     skipped = sum(len(s.meta["skipped_questions"]) for s in samples)
     questions = sum(len(s.questions) for s in samples)
     description = (

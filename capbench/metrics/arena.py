@@ -308,7 +308,11 @@ class Arena:
         return "image" if judges.get("vision") is not None else "reference"
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
-        """CapArena-Auto scores per baseline and their mean, with failures, consistency and caption length."""
+        """CapArena-Auto scores per baseline and their mean, with failures, consistency and caption length.
+
+        The length is averaged over every captioned sample, images where the caption is the
+        baseline's own (not judged) included, so every model's length covers the same images.
+        """
         from capbench.ranking import caparena_auto
 
         pairs = [p for s in scores for p in s.details.get("pairs", []) if not p.get("self")]

@@ -11,7 +11,9 @@ Where we differ (docs/metrics/caprl.md says why):
   so a caption's utility is reproducible and its judge calls are cacheable; each draw's
   judge sampling has its own seed, so repeated draws are not one cache hit;
 - a reply that names no option, or a failed call, is *unscored* (kept and counted, left out of
-  the mean), not 0; a caption with no scored draw has no utility (None);
+  the mean), not 0; a caption with no scored draw has no utility (None). ``parse="caprl"``
+  reads replies by CapRL's rule instead (the first capital A-I anywhere) and scores a reply it
+  cannot read as 0, as CapRL's reward does;
 - prompt wording and the "cannot answer" text are CaptionQA's in capbench (our own), and a
   ``loglik`` answer mode serves judges too small to write a letter.
 """
@@ -19,6 +21,7 @@ Where we differ (docs/metrics/caprl.md says why):
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -48,10 +51,34 @@ class CapRLConfig:
     """Tokens the judge may write in letter mode (CapRL's)."""
     prompt_dir: str | None = None
     """Folder of replacement CaptionQA prompt templates, or None for ours."""
+    parse: Literal["capbench", "caprl"] = "capbench"
+    """How a letter reply is read. 'capbench': the tolerant parser, and a reply naming no option
+    is unscored (left out of the mean). 'caprl': CapRL's reward rule, the first capital A-I
+    anywhere in the reply ("Answer: (B)" reads as A), and a reply naming no option scores 0."""
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ConfigError(f"samples (N draws per caption) must be >= 1, got {self.samples}")
+        if self.parse not in ("capbench", "caprl"):
+            raise ConfigError(f"caprl parse must be 'capbench' or 'caprl', not {self.parse!r}")
+        if self.parse == "caprl" and self.answer_mode != "letter":
+            raise ConfigError(
+                "caprl parse 'caprl' reads the letter a judge writes, and answer mode 'loglik' writes none: "
+                "use answer_mode='letter', or parse='capbench'"
+            )
+
+
+_CAPRL_LETTER = re.compile(r"[A-I]")
+
+
+def caprl_letter(reply: str) -> str | None:
+    """Return the letter CapRL's reward reads in a reply: its first capital A-I, anywhere, or None.
+
+    CapRL's rule, kept as it is: "Answer: (B)" reads as A and "I think it is B" as I; a
+    lower-case "b" reads as nothing.
+    """
+    match = _CAPRL_LETTER.search(reply)
+    return match.group() if match else None
 
 
 def presented(question: Question, rng: random.Random) -> tuple[list[str], list[int]]:
@@ -96,8 +123,8 @@ class CapRL:
         )
 
     def config(self) -> dict[str, Any]:
-        """Return the settings that change scores."""
-        return {
+        """Return the settings that change scores (``parse`` only when not the default, so older hashes hold)."""
+        settings: dict[str, Any] = {
             "samples": self.cfg.samples,
             "seed": self.cfg.seed,
             "answer_mode": self.cfg.answer_mode,
@@ -105,6 +132,9 @@ class CapRL:
             "max_tokens": self.cfg.max_tokens,
             "cannot_answer_option": CANNOT_ANSWER,
         }
+        if self.cfg.parse != "capbench":
+            settings["parse"] = self.cfg.parse
+        return settings
 
     def prompt_hashes(self) -> dict[str, str]:
         """Return the hashes of the prompt templates in use (CaptionQA's)."""
@@ -149,7 +179,13 @@ class CapRL:
     def _judgment(self, draw: dict[str, Any], response: Response, baseline: Response | None) -> dict[str, Any]:
         question: Question = draw["question"]
         order: list[int] = draw["order"]
-        shown, read = read_answer(response, baseline, draw["options"])
+        if self.cfg.parse == "caprl" and response.ok:
+            letter = caprl_letter(response.text)
+            index = None if letter is None else LETTERS.index(letter)
+            shown = index if index is not None and index < len(order) else None
+            read: dict[str, Any] = {"reply": response.text, "letter": letter}
+        else:
+            shown, read = read_answer(response, baseline, draw["options"])
         record: dict[str, Any] = {
             "draw": draw["draw"],
             "question_id": question.id,
@@ -157,10 +193,11 @@ class CapRL:
             "answer": LETTERS[order.index(question.answer_index)],
             **read,
         }
-        if "error" in read:
+        if "error" in read:  # a failed call is not a reply: unscored under either parse rule
             record.update(status="failed", correct=None)
         elif shown is None:
-            record.update(status="unparsed", correct=None)
+            # CapRL's reward scores a reply naming no option 0; capbench leaves it out
+            record.update(status="unparsed", correct=False if self.cfg.parse == "caprl" else None)
         else:
             chosen = order[shown]
             status = "cannot_answer" if chosen == len(question.choices) else "answered"
@@ -185,9 +222,13 @@ class CapRL:
         )
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
-        """Mean utility over the captions that have one; unscored draws and utility-less captions counted."""
+        """Mean utility over the captions that have one; unscored draws and utility-less captions counted.
+
+        Under ``parse="caprl"`` the draws whose reply named no option, scored 0, are counted too
+        (``unparsed_scored_0``): they are never scored as wrong without saying so.
+        """
         values = [s.values["utility"] for s in scores if s.values.get("utility") is not None]
-        return {
+        summary = {
             "score": mean(values),
             "images": len(values),
             "no_utility": len(scores) - len(values),
@@ -196,6 +237,11 @@ class CapRL:
                 [s.values["cannot_answer_rate"] for s in scores if s.values.get("cannot_answer_rate") is not None]
             ),
         }
+        if self.cfg.parse == "caprl":
+            summary["unparsed_scored_0"] = sum(
+                r["status"] == "unparsed" and r["correct"] is False for s in scores for r in s.details.get("draws", ())
+            )
+        return summary
 
     def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
         """One unit per image with a utility, in one stratum (the headline is a plain mean)."""

@@ -5,13 +5,17 @@ multiple-choice question about an image from the caption alone. Questions that a
 questions get an extra "cannot answer" option. Options are shuffled by a seeded stream. A
 right answer scores 1, a wrong one 0, "cannot answer" 1/K + 0.05 where K is the number of real
 options. Domain score = 100 × mean over the domain's questions; overall = unweighted mean of
-the domain scores.
+the domain scores (the unweighted mean is the leaderboard script's; ``qa.py`` prints a mean over
+all questions).
 
 Where we differ from the official code (docs/metrics/captionqa.md says why):
 - a reply that names no option is *unscored* (kept with its raw text and counted), not 0;
   ``score_unparsed_as_wrong`` gives the official treatment alongside;
+- scores are exact; ``aggregation="official"`` adds the leaderboard's numbers (rounded per
+  question and per domain, "cannot answer" told by the option's text, qa.py's letter parser);
 - each question's option order comes from its own stream, seeded by (seed, sample id,
   question id), so that subsets, resumed runs and caches see the same prompts;
+  ``shuffle="official"`` draws qa.py's single stream over the whole loaded split instead;
 - prompt wording and the "cannot answer" option text are our own;
 - an optional ``loglik`` answer mode, for judges too small to follow the one-letter
   instruction, ranks the presented options by how much the caption raises the judge's
@@ -31,12 +35,16 @@ from capbench.engines.base import Choice, Message, Request, Response, Sampling
 from capbench.errors import ConfigError
 from capbench.hashing import sha256_text
 from capbench.metrics.base import Judges, Unit, mean, require_judge
-from capbench.metrics.parsing import LETTERS, parse_choice
+from capbench.metrics.parsing import LETTERS, parse_choice, parse_choice_official
 from capbench.metrics.templates import load_template
 from capbench.records import Caption, Question, Sample, SampleScore
 
 CANNOT_ANSWER = "Cannot be determined from the caption"
 CANNOT_ANSWER_BONUS = 0.05
+#: The official option text; the official scorer scores any chosen option with this text as "cannot answer".
+OFFICIAL_CANNOT_ANSWER = "Cannot answer from the caption"
+#: The leaderboard's domains (the loader's splits): it shows an overall only when all four have a score.
+OFFICIAL_DOMAINS = ("natural", "document", "ecommerce", "embodiedai")
 
 _YES_NO_STARTERS = (
     "is ", "are ", "was ", "were ", "do ", "does ", "did ", "have ", "has ", "had ",
@@ -44,6 +52,8 @@ _YES_NO_STARTERS = (
 )  # fmt: skip
 
 AnswerMode = Literal["letter", "loglik"]
+Aggregation = Literal["exact", "official"]
+Shuffle = Literal["per_question", "official", "official_per_domain"]
 Status = Literal["correct", "wrong", "cannot_answer", "unparsed", "failed"]
 
 
@@ -62,18 +72,46 @@ def is_yes_no(question: str, choices: Sequence[str]) -> bool:
     return question.strip().lower().startswith(_YES_NO_STARTERS)
 
 
+def all_options(question: Question) -> list[str]:
+    """Return the question's options before shuffling: its choices, then "cannot answer" unless yes/no."""
+    options = list(question.choices)
+    if not is_yes_no(question.question, question.choices):
+        options.append(CANNOT_ANSWER)
+    return options
+
+
 def presented_options(question: Question, seed: int, sample_id: str) -> tuple[list[str], list[int]]:
     """Return the options as shown to the judge and, for each, its index before shuffling.
 
     The "cannot answer" option (index ``len(question.choices)``) is appended to non-yes/no
     questions, then all options are shuffled by a stream seeded with (seed, sample, question).
     """
-    options = list(question.choices)
-    if not is_yes_no(question.question, question.choices):
-        options.append(CANNOT_ANSWER)
+    options = all_options(question)
     order = list(range(len(options)))
     random.Random(f"captionqa:{seed}:{sample_id}:{question.id}").shuffle(order)
     return [options[i] for i in order], order
+
+
+def official_orders(
+    entries: Iterable[tuple[str, str, Sequence[Question]]], seed: int, per_domain: bool = False
+) -> dict[str, list[int]]:
+    """Return each question's option order (question id -> indices before shuffling) as ``qa.py`` draws it.
+
+    One ``random.Random(seed)`` stream (one per domain with ``per_domain``, as separate
+    ``qa.py --split <domain>`` runs) shuffles ``range(n)`` for every question of the (entry id,
+    domain, questions) ``entries`` in turn, n being its option count with "cannot answer"; so an
+    order depends on every question before it. ``entries``: a whole split in dataset order.
+    """
+    streams: dict[str, random.Random] = {}
+    orders: dict[str, list[int]] = {}
+    for _, domain, questions in entries:
+        key = domain if per_domain else ""
+        if key not in streams:
+            streams[key] = random.Random(seed)
+        for question in questions:
+            orders[question.id] = order = list(range(len(all_options(question))))
+            streams[key].shuffle(order)
+    return orders
 
 
 def question_score(status: Status, n_real_options: int) -> float | None:
@@ -85,6 +123,20 @@ def question_score(status: Status, n_real_options: int) -> float | None:
     if status == "cannot_answer":
         return 1.0 / n_real_options + CANNOT_ANSWER_BONUS
     return None
+
+
+def official_question_score(chosen_original: int | None, question: Question) -> float:
+    """Score one answer as the official ``qa.py`` stores it: rounded to 4 decimals, no answer 0.
+
+    "Cannot answer" is told by the chosen option's text, so a real option that reads
+    :data:`OFFICIAL_CANNOT_ANSWER` scores 1/K + 0.05 even when it is the right answer.
+    """
+    if chosen_original is None:
+        return 0.0
+    k = len(question.choices)
+    if chosen_original == k or question.choices[chosen_original] == OFFICIAL_CANNOT_ANSWER:
+        return round(1.0 / k + CANNOT_ANSWER_BONUS, 4)
+    return 1.0 if chosen_original == question.answer_index else 0.0
 
 
 def answer_status(chosen_original: int | None, question: Question) -> Status:
@@ -146,6 +198,36 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {**overall, "domains": domains}
 
 
+def aggregate_official(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Return the numbers the CaptionQA leaderboard shows for per-question records (pure).
+
+    Each record needs ``domain``, ``status`` and ``official_score``. As the leaderboard script:
+    domain = round(100 × sum / questions, 2), summed in record order; overall = round(sum of the
+    four domains / 4, 2), only when natural, document, ecommerce and embodiedai all have a score.
+    A domain with a failed judge call has none (the official script has no failed calls).
+    Returns ``official_score`` (None without an overall), ``official_note`` (why) and ``domains``.
+    """
+    by_domain: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_domain[str(record["domain"])].append(record)
+    domains: dict[str, float] = {}
+    why = [f"no questions of {d}" for d in OFFICIAL_DOMAINS if d not in by_domain]
+    for name, rows in sorted(by_domain.items()):
+        total = 0.0
+        for row in rows:  # one by one, as the script: sum() is compensated from Python 3.12
+            total += row["official_score"] or 0.0
+        failed = sum(row["status"] == "failed" for row in rows)
+        if failed:
+            why.append(f"{name} has {failed} failed judge call(s), to retry by running again")
+        else:
+            domains[name] = round(100 * total / len(rows), 2)
+    if why:
+        note = "the leaderboard shows an overall only when all four domains have a score: " + "; ".join(why)
+        return {"official_score": None, "official_note": note, "domains": domains}
+    overall = round(sum(domains[d] for d in OFFICIAL_DOMAINS) / 4, 2)
+    return {"official_score": overall, "official_note": None, "domains": domains}
+
+
 def _domain_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     scored = [r for r in rows if r["score"] is not None]
     unparsed = sum(1 for r in rows if r["status"] == "unparsed")
@@ -185,10 +267,22 @@ class CaptionQAConfig:
     """Judge sampling temperature in letter mode."""
     prompt_dir: str | None = None
     """Folder of replacement prompt templates (same file names), or None for ours."""
+    aggregation: Aggregation = "exact"
+    """'exact': the headline keeps every digit; 'official': also the leaderboard's numbers
+    (``official_score``, per domain too), rounded as the official scripts round them."""
+    shuffle: Shuffle = "per_question"
+    """Option order: 'per_question' (a stream per question); 'official': qa.py's one stream over the
+    loaded split ('all' or one domain); 'official_per_domain': qa.py's stream restarted per domain."""
 
     def __post_init__(self) -> None:
         if self.answer_mode not in ("letter", "loglik"):
             raise ConfigError(f"answer_mode must be 'letter' or 'loglik', not {self.answer_mode!r}")
+        if self.aggregation not in ("exact", "official"):
+            raise ConfigError(f"aggregation must be 'exact' or 'official', not {self.aggregation!r}")
+        if self.shuffle not in ("per_question", "official", "official_per_domain"):
+            raise ConfigError(
+                f"shuffle must be 'per_question', 'official' or 'official_per_domain', not {self.shuffle!r}"
+            )
         if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
@@ -231,10 +325,19 @@ class CaptionQA:
         prefix = "captionqa.loglik" if self.cfg.answer_mode == "loglik" else "captionqa"
         self._system = load_template(f"{prefix}.system", self.cfg.prompt_dir)
         self._user = load_template(f"{prefix}.user", self.cfg.prompt_dir)
+        self._orders: dict[int, tuple[Any, dict[str, list[int]]]] = {}
+        if self.cfg.aggregation == "official":
+            # The headline stays the exact score (the one units give); the leaderboard's number sits beside it.
+            self.columns = (CaptionQA.columns[0], ("official", "official_score"), *CaptionQA.columns[1:])
+            self.breakdowns = (
+                *CaptionQA.breakdowns,
+                ("CaptionQA official (leaderboard) score by domain", "domains", "official_score"),
+            )
+            self.note = CaptionQA.note + "; official = the CaptionQA leaderboard's rounded number"
 
     def config(self) -> dict[str, Any]:
-        """Return the settings that change scores."""
-        return {
+        """Return the settings that change scores (new settings only when not their default, so older hashes hold)."""
+        config: dict[str, Any] = {
             "seed": self.cfg.seed,
             "answer_mode": self.cfg.answer_mode,
             "max_tokens": self.cfg.max_tokens,
@@ -242,6 +345,11 @@ class CaptionQA:
             "cannot_answer_option": CANNOT_ANSWER,
             "cannot_answer_bonus": CANNOT_ANSWER_BONUS,
         }
+        if self.cfg.aggregation != "exact":
+            config["aggregation"] = self.cfg.aggregation
+        if self.cfg.shuffle != "per_question":
+            config["shuffle"] = self.cfg.shuffle
+        return config
 
     def prompt_hashes(self) -> dict[str, str]:
         """Return the hashes of the prompt templates in use."""
@@ -277,10 +385,11 @@ class CaptionQA:
                 f"answer mode 'loglik' needs an engine that scores options; {judge.backend} does not. "
                 "Use --answer-mode letter"
             )
+        orders = [self._official_orders(s) for s in samples] if self.cfg.shuffle != "per_question" else None
         # Records are gathered by position, not by sample id: a batch may hold several captions of
         # one image (a group of RL rollouts).
         owners = [(n, s, c, q) for n, (s, c) in enumerate(zip(samples, captions, strict=True)) for q in s.questions]
-        items = [self._item(s, c, q) for _, s, c, q in owners]
+        items = [self._item(s, c, q, orders[n] if orders else None) for n, s, c, q in owners]
         baselines = [item.baseline for item in items if item.baseline is not None]
         responses = judge.run([item.request for item in items] + baselines)
         answers, no_caption = responses[: len(items)], iter(responses[len(items) :])
@@ -290,8 +399,44 @@ class CaptionQA:
             per_sample[n].append(self._judgment(item, response, baseline))
         return [self._sample_score(s, c, per_sample[n]) for n, (s, c) in enumerate(zip(samples, captions, strict=True))]
 
-    def _item(self, sample: Sample, caption: Caption, question: Question) -> _Item:
-        options, order = presented_options(question, self.cfg.seed, sample.id)
+    def _official_orders(self, sample: Sample) -> dict[str, list[int]]:
+        """Return qa.py's option orders for the split ``sample`` was loaded with; refuse where there are none.
+
+        Raises:
+            ConfigError: the sample was not loaded by the CaptionQA loader, its split is one qa.py
+                cannot load (shuffle 'official'), or one of its questions is not in that load.
+        """
+        load = sample.meta.get("load_order")
+        split = getattr(load, "split", None)
+        if load is None or split is None:
+            raise ConfigError(
+                f"shuffle {self.cfg.shuffle!r} reproduces qa.py's option order over a whole split of the official "
+                f"CaptionQA dataset, and sample {sample.id!r} was not loaded from it (benchmark 'captionqa'); "
+                "use shuffle 'per_question'"
+            )
+        if self.cfg.shuffle == "official" and "," in split:
+            raise ConfigError(
+                f"shuffle 'official' reproduces `qa.py --split`, which runs on 'all' or one domain, not {split!r}; "
+                "load split 'all' or one domain, or use shuffle 'official_per_domain' (one stream per domain)"
+            )
+        if id(load) not in self._orders:  # the load is kept beside its orders, so its id is not reused
+            per_domain = self.cfg.shuffle == "official_per_domain"
+            self._orders[id(load)] = (load, official_orders(load.entries, self.cfg.seed, per_domain))
+        orders = self._orders[id(load)][1]
+        stray = [q.id for q in sample.questions if len(orders.get(q.id, ())) != len(all_options(q))]
+        if stray:
+            raise ConfigError(
+                f"sample {sample.id!r}: question {stray[0]!r} is not the one its CaptionQA load holds, so its "
+                "official option order is unknown; reload the benchmark, or use shuffle 'per_question'"
+            )
+        return orders
+
+    def _item(self, sample: Sample, caption: Caption, question: Question, orders: dict[str, list[int]] | None) -> _Item:
+        if orders is None:
+            options, order = presented_options(question, self.cfg.seed, sample.id)
+        else:
+            order = orders[question.id]
+            options = [all_options(question)[i] for i in order]
         request = self.build_request(caption.text, question, options)
         # The no-caption twin does not depend on the caption: one per question, served from the
         # cache for every further caption set.
@@ -311,7 +456,14 @@ class CaptionQA:
         if "error" in read:
             status: Status = "failed"
             record.update(status=status, score=None)
+            if self.cfg.aggregation == "official":
+                record.update(official_chosen=None, official_score=None)
             return record
+        if self.cfg.aggregation == "official":
+            official = parse_choice_official(read["reply"], len(item.options))
+            record["official_chosen"] = None if official is None else LETTERS[official]
+            chosen_official = None if official is None else item.order[official]
+            record["official_score"] = official_question_score(chosen_official, item.question)
         chosen = None if shown is None else item.order[shown]
         status = answer_status(chosen, item.question)
         record.update(
@@ -341,8 +493,20 @@ class CaptionQA:
         )
 
     def summarize(self, scores: Sequence[SampleScore]) -> dict[str, Any]:
-        """Return domain and overall scores from the per-question records of ``scores``."""
-        return aggregate(r for s in scores for r in s.details.get("questions", []))
+        """Return domain and overall scores from the per-question records of ``scores``.
+
+        With aggregation 'official', also the leaderboard's numbers (:func:`aggregate_official`):
+        ``official_score``, ``official_note`` and each domain's ``official_score``.
+        """
+        records = [r for s in scores for r in s.details.get("questions", [])]
+        summary = aggregate(records)
+        if self.cfg.aggregation == "official":
+            official = aggregate_official(records)
+            for name, domain in summary["domains"].items():
+                domain["official_score"] = official["domains"].get(name)
+            del official["domains"]
+            summary.update(official)
+        return summary
 
     def units(self, scores: Sequence[SampleScore]) -> list[Unit]:
         """One unit per image: its mean question score, weighted by its scored questions, per domain."""

@@ -11,7 +11,9 @@ Stages, each one batched ``engine.run`` over all items:
 
 Every metric that needs facts calls the same stages with the same requests, so a caption
 decomposed for DCScore is not decomposed again for BalCapRL: the judge-call cache answers.
-Replies are parsed tolerantly; a reply that cannot be read is kept with its raw text.
+Replies are parsed tolerantly; a reply that cannot be read is kept with its raw text, and so
+is one that could be read only by a guess (entries taken in order, a missing flag, a reference
+that does not exist), which is recorded as a failure although its reading is used.
 """
 
 from __future__ import annotations
@@ -311,10 +313,10 @@ class FactPipeline:
             match_replies, verify_replies = text_judge.run(matches), vision.run(verifies)
         for i, m_reply, v_reply in zip(ready, match_replies, verify_replies, strict=True):
             judgment = out[i]
-            n, refs = len(judgment.facts or ()), len(judgment.references)
-            read_matches = partial(_read_matches, count=n, references=refs)
+            texts = [f.text for f in judgment.facts or ()]
+            read_matches = partial(_read_matches, facts=texts, references=len(judgment.references))
             judgment.matches = self._parse_samples(m_reply, judgment.failures, "match", read_matches)
-            read_verdicts = partial(_read_verdicts, count=n)
+            read_verdicts = partial(_read_verdicts, facts=texts)
             judgment.verdicts = self._parse_samples(v_reply, judgment.failures, "verify", read_verdicts)
 
     # ------------------------------------------------------------ parsing
@@ -324,10 +326,13 @@ class FactPipeline:
             failures.append({"stage": stage, "error": reply.error or "no reply", "raw": None})
             return None
         cut_off = reply.completion_tokens >= self.cfg.max_tokens
-        facts = _read_facts(parse_json(reply.text, truncated=cut_off))
+        facts, unflagged = _read_facts(parse_json(reply.text, truncated=cut_off))
         if not facts:
             failures.append({"stage": stage, "error": "no facts in the reply", "raw": reply.text})
             return None
+        if unflagged and stage == "decompose":  # a reference fact's flag is never used
+            error = f"{unflagged} of {len(facts)} facts carry no readable descriptive flag: read as descriptive"
+            failures.append({"stage": stage, "error": error, "raw": reply.text})
         if cut_off:
             error = f"reply cut off at {self.cfg.max_tokens} tokens; kept its {len(facts)} complete facts"
             failures.append({"stage": stage, "error": error, "raw": reply.text})
@@ -347,16 +352,18 @@ class FactPipeline:
 
     @staticmethod
     def _parse_samples(reply: Response, failures: list[dict[str, Any]], stage: str, read: Any) -> list[Any]:
+        """Read each sample of a reply; an unreadable one is left out, a guessed one kept: both recorded."""
         if not reply.ok:
             failures.append({"stage": stage, "error": reply.error or "no reply", "raw": None})
             return []
         parsed = []
         for text in reply.texts:
-            value = read(parse_json(text))
+            value, guesses = read(parse_json(text))
             if value is None:
                 failures.append({"stage": stage, "error": "reply does not cover every fact", "raw": text})
-            else:
-                parsed.append(value)
+                continue
+            parsed.append(value)
+            failures.extend({"stage": stage, "error": guess, "raw": text} for guess in guesses)
         return parsed
 
 
@@ -379,20 +386,32 @@ def _numbered(texts: Iterable[str]) -> str:
     return "\n".join(f"{i}. {' '.join(text.split())}" for i, text in enumerate(texts, start=1))
 
 
-def _read_facts(value: Any) -> tuple[Fact, ...]:
-    """Read facts from a parsed reply: {"facts": [...]} or a bare list; items dicts or strings."""
+def _read_facts(value: Any) -> tuple[tuple[Fact, ...], int]:
+    """Read facts from a parsed reply: {"facts": [...]} or a bare list; items dicts or strings.
+
+    Returns the facts and how many of them carry no readable descriptive flag (read as descriptive).
+    """
     items = value.get("facts") if isinstance(value, dict) else value
     if not isinstance(items, list):
-        return ()
+        return (), 0
     facts: list[Fact] = []
     seen: set[str] = set()
+    unflagged = 0
     for item in items:
         fact = _read_fact(item)
         # A fact stated twice is one fact: small judges loop, and a repeat would count twice.
         if fact is not None and fact.text.casefold() not in seen:
             seen.add(fact.text.casefold())
             facts.append(fact)
-    return tuple(facts)
+            unflagged += _descriptive_flag(item) is None
+    return tuple(facts), unflagged
+
+
+def _descriptive_flag(item: Any) -> bool | None:
+    """The descriptive flag an item states (ours "descriptive", DeCapBench's "relevance"), or None."""
+    if not isinstance(item, dict):
+        return None
+    return _flag(item["descriptive"] if "descriptive" in item else item.get("relevance"))
 
 
 def _read_fact(item: Any) -> Fact | None:
@@ -403,58 +422,107 @@ def _read_fact(item: Any) -> Fact | None:
     text = item.get("fact") or item.get("text") or item.get("statement")
     if not isinstance(text, str) or not text.strip():
         return None
-    descriptive = _flag(item.get("descriptive", item.get("relevance", True))) is not False
+    descriptive = _descriptive_flag(item) is not False  # no readable flag: descriptive, and counted
     return Fact(text.strip(), str(item.get("object") or item.get("identifier") or ""), descriptive)
 
 
-def _entries(value: Any, key: str, count: int) -> list[dict[str, Any]] | None:
-    """Return the reply's per-fact entries in fact order, or None unless all ``count`` are there.
+def _fold(text: Any) -> str | None:
+    return " ".join(text.casefold().split()) if isinstance(text, str) else None
 
-    Entries are placed by their "id"; a reply with exactly ``count`` entries whose ids do not
-    name 1..count is read in order.
+
+def _entries(value: Any, key: str, facts: Sequence[str]) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """Return the reply's per-fact entries in fact order (None unless every fact has one), and any guess.
+
+    Entries are placed by their "id" (1..n); failing that, by the fact text they echo
+    (DeCapBench's replies name facts by text); failing that, a reply with exactly one entry
+    per fact is read in order, and that guess is returned.
     """
     items = value.get(key) if isinstance(value, dict) else value
     if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
-        return None
+        return None, []
+    count = len(facts)
     by_id: dict[int, dict[str, Any]] = {}
-    for position, item in enumerate(items, start=1):
-        try:
-            by_id.setdefault(int(item.get("id", position)), item)
-        except (TypeError, ValueError):
-            break
+    for item in items:
+        number = _integer(item.get("id"))
+        if number is not None:
+            by_id.setdefault(number, item)
     if all(i in by_id for i in range(1, count + 1)):
-        return [by_id[i] for i in range(1, count + 1)]
-    return list(items) if len(items) == count else None
+        return [by_id[i] for i in range(1, count + 1)], []
+    position = {_fold(text): i for i, text in enumerate(facts)}
+    by_text: dict[int, dict[str, Any]] = {}
+    for item in items:
+        index = position.get(_fold(item.get("fact") or item.get("statement") or item.get("text")))
+        if index is not None:
+            by_text.setdefault(index, item)
+    if len(by_text) == count:
+        return [by_text[i] for i in range(count)], []
+    if len(items) == count:
+        return list(items), [_IN_ORDER]
+    return None, []
 
 
-def _read_verdicts(value: Any, count: int) -> Verdicts | None:
-    entries = _entries(value, "verdicts", count)
-    if entries is None:
+_IN_ORDER = "entries read in order: their ids do not number the facts 1..n, nor do their texts name them"
+
+
+def _integer(value: Any) -> int | None:
+    """Read a whole number written as one (2, 2.0) or as text ("2"); None for anything else, booleans included."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _read_verdicts(value: Any, facts: Sequence[str]) -> tuple[Verdicts | None, list[str]]:
+    entries, guesses = _entries(value, "verdicts", facts)
+    if entries is None:
+        return None, []
     correct, pointable = [], []
     for entry in entries:
         c, p = _flag(entry.get("correct", entry.get("verification"))), _flag(entry.get("pointable", True))
         if c is None or p is None:
-            return None
+            return None, []
         correct.append(c)
         pointable.append(p)
-    return Verdicts(tuple(correct), tuple(pointable))
+    return Verdicts(tuple(correct), tuple(pointable)), guesses
 
 
-def _read_matches(value: Any, count: int, references: int) -> tuple[int | None, ...] | None:
-    entries = _entries(value, "matches", count)
+_NO_MATCH = (None, "None", "none", "null", "")
+
+
+def _read_matches(value: Any, facts: Sequence[str], references: int) -> tuple[tuple[int | None, ...] | None, list[str]]:
+    """Read each fact's reference index (None: no match); a reference that names none is read as no match, and said."""
+    entries, guesses = _entries(value, "matches", facts)
     if entries is None:
-        return None
+        return None, []
     out: list[int | None] = []
-    for entry in entries:
+    guessed: list[str] = []
+    for number, entry in enumerate(entries, start=1):
         # Ours number reference facts from 1; DeCapBench's "matched_oracle_id" counts from 0.
-        ref, base = (entry.get("reference"), 1) if "reference" in entry else (entry.get("matched_oracle_id"), 0)
-        try:
-            index = int(ref) - base if ref not in (None, "None", "null", "") else None
-        except (TypeError, ValueError):
-            index = None
-        out.append(index if index is not None and 0 <= index < references else None)
-    return tuple(out)
+        key, base = ("reference", 1) if "reference" in entry else ("matched_oracle_id", 0)
+        if key not in entry:
+            guessed.append(f"fact {number}: none given")
+            out.append(None)
+            continue
+        ref = entry[key]
+        if isinstance(ref, (str, type(None))) and ref in _NO_MATCH:
+            out.append(None)
+            continue
+        # 0 and "0" are one reference (the official code counts them as two).
+        index = _integer(ref)
+        if index is None or not 0 <= index - base < references:
+            guessed.append(f"fact {number}: {ref!r}")
+            out.append(None)
+        else:
+            out.append(index - base)
+    if guessed:
+        named = "; ".join(guessed)
+        guesses = [*guesses, f"read as unmatched, naming none of the {references} reference facts: {named}"]
+    return tuple(out), guesses
 
 
 def _flag(value: Any) -> bool | None:

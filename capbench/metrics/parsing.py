@@ -45,6 +45,37 @@ def parse_choice(reply: str, options: Sequence[str]) -> int | None:
     return None
 
 
+_STANDALONE_LETTER = re.compile(r"\b([A-Z])\b")
+_STANDALONE_NUMBER = re.compile(r"\b([1-9][0-9]?)\b")
+
+
+def parse_choice_official(reply: str, n_options: int) -> int | None:
+    """Return the option index that CaptionQA's official scorer reads from a reply, or None.
+
+    Its rule, quirks included (for the official aggregation only; :func:`parse_choice` is ours):
+    the reply is stripped, as its vLLM wrapper returns it; only what follows the first
+    ``</think>``, then the first ``Answer: `` (with the space), then the first newline is read;
+    the first single letter standing alone, in either case ("a" is option A), answers if it
+    names an option, and no later letter is tried; otherwise the first standalone number 1-99
+    that numbers an option.
+    """
+    text = reply.strip()
+    if not text:
+        return None
+    for marker in ("</think>", "Answer: ", "\n"):
+        _, found, after = text.partition(marker)
+        if found:
+            text = after
+    limit = max(1, n_options)
+    letter = _STANDALONE_LETTER.search(text.upper())
+    if letter and LETTERS.find(letter.group(1)) < limit:
+        return LETTERS.find(letter.group(1))
+    number = _STANDALONE_NUMBER.search(text)
+    if number and 1 <= int(number.group(1)) <= limit:
+        return int(number.group(1)) - 1
+    return None
+
+
 def _match_option_text(text: str, options: Sequence[str]) -> int | None:
     """Return the option the reply spells out: all of it, or exactly one multi-word option in it.
 
