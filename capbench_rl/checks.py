@@ -31,12 +31,28 @@ _SET_BY_CAPBENCH = {
 }
 
 
+#: The oldest TRL whose GRPOTrainer behaves as capbench-rl relies on and docs/rl.md describes (the
+#: ``trl`` requirement of the ``rl`` extra in pyproject.toml says the same): the one the tests run on.
+MIN_TRL = "1.16"
+#: GRPOConfig settings that take one of a few values, which TRL checks only where it uses them (after
+#: the first generation and judge calls, or never): the values TRL 1.16 takes.
+TRL_CHOICES: dict[str, tuple[Any, ...]] = {
+    "scale_rewards": ("group", "batch", "none", True, False),
+    "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"),
+    "importance_sampling_level": ("token", "sequence"),
+    "vllm_mode": ("server", "colocate"),
+    "vllm_model_impl": ("transformers", "vllm"),
+    "vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+}
+
+
 def check_recipe(recipe: Recipe) -> None:
     """Refuse a recipe that a real run could only fail on later.
 
     Raises:
         ConfigError: one line naming the recipe field and how to fix it.
     """
+    check_trl_version()
     check_model(recipe.model)
     check_judges(recipe)
     check_trl(recipe.trl)
@@ -57,20 +73,46 @@ def check_model(model: str) -> None:
     local_model_folder(model, "recipe field model")
 
 
+def check_trl_version() -> None:
+    """Refuse a TRL older than :data:`MIN_TRL` (or none), by its installed metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        installed = version("trl")
+    except PackageNotFoundError:
+        raise ConfigError(f"capbench-rl needs TRL >= {MIN_TRL}; pip install 'capbench[rl]'") from None
+    if Version(installed) < Version(MIN_TRL):
+        raise ConfigError(
+            f"TRL {installed} is older than capbench-rl supports: its GRPO statistics differ from what capbench-rl "
+            f"documents (docs/rl.md); pip install 'trl>={MIN_TRL}'"
+        )
+
+
 def check_judges(recipe: Recipe) -> None:
-    """Parse each judge spec and its options as capbench does, without building the engine."""
+    """Parse each judge spec and its options as capbench does, without building the engine (nor reaching it)."""
     for name, spec, options in (
         ("judge", recipe.judge, recipe.judge_options),
-        ("vision_judge", recipe.vision_judge, ()),
+        ("vision_judge", recipe.vision_judge, recipe.vision_judge_options),
     ):
         if spec is None:
             continue
         try:
             parsed = parse_engine(spec, options)
             module, cls, _ = ENGINES[parsed.backend]
-            check_options(getattr(importlib.import_module(module), cls), parsed)
+            engine = getattr(importlib.import_module(module), cls)
+            check_options(engine, parsed)
         except ConfigError as exc:
             raise ConfigError(f"recipe field {name}: {exc}") from None
+        if name == "vision_judge" and False in (
+            getattr(engine, "accepts_images", None),
+            parsed.options.get("accepts_images"),
+        ):
+            raise ConfigError(
+                f"recipe field vision_judge: engine {parsed.backend!r} cannot see images; serve a vision-language "
+                "model (e.g. vllm serve Qwen/Qwen2.5-VL-72B-Instruct) and set vision_judge: openai:<model>"
+            )
 
 
 def check_trl(settings: dict[str, Any]) -> None:
@@ -87,11 +129,15 @@ def check_trl(settings: dict[str, Any]) -> None:
     from trl import GRPOConfig
 
     known = {f.name for f in fields(GRPOConfig) if f.init}
-    for key in settings:
+    for key, value in settings.items():
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else "see TRL's GRPOConfig for its fields"
             raise ConfigError(f"trl.{key} is not a GRPOConfig field; {hint}")
+        choices = TRL_CHOICES.get(key, (value,))
+        if not any(value == c and type(value) is type(c) for c in choices):
+            valid = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+            raise ConfigError(f"trl.{key} must be one of {valid}, not {value!r}")
     if settings.get("use_vllm"):
         _warn_vllm_version()
 

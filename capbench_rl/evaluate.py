@@ -50,6 +50,7 @@ def eval_config(recipe: Recipe, checkpoint: Path, name: str) -> capbench.EvalCon
         judge=recipe.judge,
         judge_options=list(recipe.judge_options),
         vision_judge=recipe.vision_judge,
+        vision_judge_options=list(recipe.vision_judge_options),
         fact_protocol=recipe.fact_protocol,
         answer_mode=recipe.qa_answer_mode,
         caprl_samples=recipe.caprl_samples,

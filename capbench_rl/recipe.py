@@ -45,6 +45,19 @@ def qa_rewards() -> list[str]:
     return [r for r, (metric, _, _) in table.items() if "questions" in capbench.describe(metric_class(metric)).needs]
 
 
+#: What steps.jsonl says a text-only recipe verifies its facts against (``text_only_precision``).
+TEXT_ONLY = "reference caption (text only)"
+
+
+def verifying_rewards(rewards: dict[str, float]) -> list[str]:
+    """The rewards whose metric verifies caption facts with a vision judge when there is one (balcap, dcscore)."""
+    import capbench
+    from capbench.metrics import metric_class
+
+    table = capbench.reward_table()
+    return [r for r in rewards if r in table and "vision" in capbench.describe(metric_class(table[r][0])).judge_roles]
+
+
 #: Recipe fields that are GRPOConfig fields of the same name.
 TRL_FIELDS = (
     "output_dir", "per_device_train_batch_size", "num_generations", "max_completion_length", "temperature",
@@ -85,7 +98,11 @@ class Recipe:
     judge_options: list[str] = field(default_factory=list)
     """Its engine options, KEY=VALUE."""
     vision_judge: str | None = None
-    """Judge that sees the image for fact verification (None: verified against the reference caption)."""
+    """Judge that sees the image and verifies each caption fact for precision, as ENGINE:MODEL (a served VLM)."""
+    vision_judge_options: list[str] = field(default_factory=list)
+    """Its engine options, KEY=VALUE (e.g. base_url=http://localhost:8001/v1)."""
+    text_only_precision: bool = False
+    """Without vision_judge, allow verifying facts against the reference caption alone (true facts it omits: wrong)."""
     fact_protocol: Literal["official", "greedy", "embedded"] = "embedded"
     """Judge settings of the fact pipeline."""
     rewards: dict[str, float] = field(
@@ -177,6 +194,7 @@ class Recipe:
                 raise ConfigError(f"benchmark {self.benchmark!r} is unknown; choose from {', '.join(BENCHMARKS)}")
         if self.eval_benchmark is not None:
             self._check_evaluation()
+        self._check_verification()
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type (YAML or --set gave text where a number belongs, …) by field name."""
@@ -204,6 +222,22 @@ class Recipe:
         unknown = [m for m in self.eval_metrics if m not in METRICS]
         if unknown or not self.eval_metrics:
             raise ConfigError(f"eval_metrics {unknown or '[]'}: choose from {', '.join(METRICS)}")
+
+    def _check_verification(self) -> None:
+        """Refuse facts verified against text alone unless the recipe says so (BalCapRL verifies against the image)."""
+        verifying = verifying_rewards(self.rewards)
+        if verifying and self.vision_judge is None and not self.text_only_precision:
+            raise ConfigError(
+                f"reward {verifying[0]} verifies caption facts against the image: set vision_judge to a served "
+                "VLM (e.g. openai:Qwen/Qwen2.5-VL-72B-Instruct with vision_judge_options [base_url=URL]), or set "
+                "text_only_precision: true to verify against the reference caption alone"
+            )
+
+    def precision_verified_by(self) -> str | None:
+        """What the rewards' caption facts are verified against (None: no reward verifies facts)."""
+        if not verifying_rewards(self.rewards):
+            return None
+        return "image" if self.vision_judge is not None else TEXT_ONLY
 
     def to_dict(self) -> dict[str, Any]:
         """Return the recipe as a JSON-ready dict (it is saved beside the run's outputs)."""

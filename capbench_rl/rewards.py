@@ -15,8 +15,14 @@ the first call, behind capbench's content-addressed cache: a caption judged duri
 not judged again in evaluation, and the three BalCapRL rewards of one rollout batch share one
 set of judge calls (the second and third reward functions are answered by the cache).
 
-A judge failure gives ``None`` for that rollout's reward (TRL leaves it out of the group
-statistics); it is counted in :data:`STATS`, never turned into a zero.
+A judge failure gives ``None`` for that rollout's reward, counted in :data:`STATS`. It is never
+scored as 0: with c-GDPO, TRL leaves it out of that reward's group statistics; with GRPO,
+capbench leaves the whole rollout out of its group and gives it advantage 0
+(:class:`capbench_rl.advantages.LeaveOutFailed`), where TRL alone would sum the failed reward as 0.
+
+A reward asks the judges only what its value needs: precision and recall run the BalCap
+metric without its linguistic rating, and the linguistic reward rates only the rollouts inside
+the length band; the stages they share (facts, matches, verdicts) are answered by the cache.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from capbench.records import Caption, Question, Sample
 Unit = Literal["words", "tokens"]
 Options = tuple[tuple[str, Any], ...]
 """A metric's config fields as (name, value) pairs: hashable, so each set builds one metric per process."""
+
+#: The per-sample values that read a fact metric's linguistic rating; a reward on any other value runs
+#: its metric without the rating stage (a rating nobody reads is judge cost for nothing).
+RATED_VALUES = ("linguistic", "b_capscore")
 
 #: Per reward name: calls, rollouts, unscored (judge failed), masked (length), seconds.
 STATS: dict[str, Counter[str]] = {}
@@ -233,8 +243,9 @@ async def metric_reward(
     samples = _samples(reference_caption, columns)
     todo = [i for i, m in enumerate(masked) if not m]
     values = await asyncio.to_thread(
-        _score, setup, metric, metric_options, [samples[i] for i in todo], [captions[i] for i in todo]
-    )
+        _score, setup, metric, metric_options, [samples[i] for i in todo], [captions[i] for i in todo],
+        key in RATED_VALUES,
+    )  # fmt: skip
     out: list[float | None] = [0.0] * len(captions)
     for i, value in zip(todo, values, strict=True):
         out[i] = None if value.get(key) is None else float(value[key]) / scale
@@ -268,15 +279,19 @@ def _score(
     options: tuple[tuple[str, Any], ...],
     samples: list[Sample],
     captions: list[str],
+    rated: bool = True,
 ) -> list[Mapping[str, Any]]:
+    """Score captions with the metric (without a fact metric's linguistic rating unless ``rated``)."""
     if not samples:
         return []
     state = runtime(setup)
     with state.lock:  # one scoring at a time per judge set; concurrent rewards then hit the cache
-        metric = state.metrics.get((metric_name, options))
+        metric = state.metrics.get((metric_name, options, rated))
         if metric is None:
             [metric], _ = capbench.build_metrics(config(setup, {metric_name: dict(options)}))
-            state.metrics[(metric_name, options)] = metric
+            if not rated and getattr(metric, "linguistic", False):
+                metric.linguistic = False  # FactMetric's switch of the rating stage, on this instance only
+            state.metrics[(metric_name, options, rated)] = metric
         judges = state.judges if metric.judge_roles else {}
         scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], judges)
     return [s.values for s in scores]

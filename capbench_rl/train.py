@@ -5,7 +5,9 @@ rollouts (every reward, the advantage, the caption and its length ratio) and to
 ``steps.jsonl`` the step's figures: its seconds and where they went (generation, rewards, the
 rest of the rollout, the update, and reward time overlapping generation; see
 :mod:`capbench_rl.timing`); per reward, its rollouts, the share masked by length, rollouts left
-unscored by a judge failure and its seconds; and the judges' calls, cache hits and failures.
+unscored by a judge failure and its seconds; the rollouts left out of their group's statistics
+(a failed reward, see :mod:`capbench_rl.advantages`); the judges' calls, cache hits and failures;
+and what the caption facts were verified against (``precision_verified_by``).
 With ``eval_benchmark`` set, every checkpoint is also scored by ``capbench eval``
 (:mod:`capbench_rl.evaluate`).
 """
@@ -15,16 +17,18 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
 from capbench.errors import ConfigError
 from capbench.runs import JsonlLog, atomic_write_text
 from capbench_rl import rewards as R
+from capbench_rl.advantages import LeaveOutFailed
 from capbench_rl.checks import check_recipe
 from capbench_rl.data import dataset
 from capbench_rl.evaluate import CheckpointEval, callback_base
-from capbench_rl.recipe import TRL_FIELDS, Recipe
+from capbench_rl.recipe import TEXT_ONLY, TRL_FIELDS, Recipe
 from capbench_rl.timing import PhaseTimer
 
 
@@ -34,6 +38,7 @@ def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
         judge=recipe.judge,
         judge_options=tuple(recipe.judge_options),
         vision_judge=recipe.vision_judge,
+        vision_judge_options=tuple(recipe.vision_judge_options),
         fact_protocol=recipe.fact_protocol,
         seed=recipe.seed,
     )
@@ -86,7 +91,8 @@ def build_trainer(recipe: Recipe) -> Any:
     trainer = GRPOTrainer(
         model=recipe.model, reward_funcs=funcs, args=config, train_dataset=data, processing_class=processor
     )
-    trainer.add_callback(RolloutLog(trainer, recipe, PhaseTimer(trainer)))
+    rule = LeaveOutFailed(trainer) if recipe.aggregation == "sum_then_normalize" else None
+    trainer.add_callback(RolloutLog(trainer, recipe, PhaseTimer(trainer), rule))
     if recipe.eval_benchmark is not None:
         trainer.add_callback(CheckpointEval(trainer, recipe))
     return trainer
@@ -98,6 +104,13 @@ def train(recipe: Recipe) -> dict[str, Any]:
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, sort_keys=True) + "\n")
+    if recipe.precision_verified_by() == TEXT_ONLY:
+        warnings.warn(
+            "text_only_precision: caption facts are verified against the reference caption, not the image, so a "
+            "true fact the reference does not mention counts as wrong (steps.jsonl records it on every line)",
+            UserWarning,
+            stacklevel=2,
+        )
     R.STATS.clear()
     trainer = build_trainer(recipe)
     trainer.train()
@@ -107,10 +120,12 @@ def train(recipe: Recipe) -> dict[str, Any]:
 class RolloutLog(callback_base()):  # type: ignore[misc]
     """Write each step's rollouts and reward figures next to the checkpoints."""
 
-    def __init__(self, trainer: Any, recipe: Recipe, timer: PhaseTimer) -> None:
+    def __init__(self, trainer: Any, recipe: Recipe, timer: PhaseTimer, rule: LeaveOutFailed | None = None) -> None:
         self.trainer = trainer
         self.recipe = recipe
         self.timer = timer
+        self.rule = rule
+        self.verified_by = recipe.precision_verified_by()
         out = Path(recipe.output_dir)
         self.rollouts = JsonlLog(out / "rollouts.jsonl")
         self.steps = JsonlLog(out / "steps.jsonl")
@@ -124,7 +139,10 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
         # TRL keeps the latest generation batch in trainer._logs (what its completion table shows).
         batch = self.trainer._logs
         names = list(batch["rewards"])
-        table = [[_none(batch["rewards"][n][i]) for n in names] for i in range(len(batch["advantages"]))]
+        if self.rule is not None and self.rule.scored is not None:  # the rewards as scored, before GRPO's rule
+            table = [[_none(v) for v in row] for row in self.rule.scored]
+        else:
+            table = [[_none(batch["rewards"][n][i]) for n in names] for i in range(len(batch["advantages"]))]
         texts = [R.completion_text(c) for c in batch["completion"]]
         self.rollouts.append_rows(
             {"step": state.global_step, "completion": text, "rewards": dict(zip(names, row, strict=True)),
@@ -134,6 +152,9 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
         seconds = logs.get("step_time")
         row = {"step": state.global_step, "step_seconds": seconds, "phases": self.timer.take(seconds)}
         row["caption_words"] = _mean_std([float(len(t.split())) for t in texts])
+        row["precision_verified_by"] = self.verified_by
+        failed = any if self.recipe.aggregation == "sum_then_normalize" else all
+        row["left_out"] = sum(failed(v is None for v in r) for r in table)  # advantage 0: a reward failed
         row.update(self._delta())
         for index, name in enumerate(names):  # each reward's mean and std over the gathered rollouts
             values = [r[index] for r in table if r[index] is not None]

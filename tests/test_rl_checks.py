@@ -103,6 +103,102 @@ def test_a_bad_judge_spec_is_refused_before_anything_loads(overrides, words):
     one_line_error(dry_run("model=org/name", *overrides), *words)
 
 
+# --- what caption facts are verified against ------------------------------------------------------
+
+PAPER_RECIPES = ("balcaprl-qwen2.5-vl-3b", "balcaprl-qwen2.5-vl-7b", "balcaprl-llava-1.5-7b")
+
+
+@pytest.mark.filterwarnings("ignore:trl.use_vllm is set")  # the recipes' vLLM rollouts, with this vLLM
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_paper_recipes_verify_precision_with_a_served_vision_judge_and_dry_run_offline(name, tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the dry run reached for a server")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    result = dry_run(f"data_file={data}", config=name)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["vision_judge"] == "openai:Qwen/Qwen2.5-VL-72B-Instruct" and not shown["text_only_precision"]
+    assert "base_url=http://localhost:8001/v1" in shown["vision_judge_options"]
+    assert load_recipe(name).precision_verified_by() == "image"
+
+
+def test_facts_verified_against_the_reference_caption_alone_need_an_explicit_opt_in(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    one_line_error(
+        dry_run(f"data_file={data}", "vision_judge=null", config=PAPER_RECIPES[0]),
+        "reward balcap_precision verifies caption facts against the image",
+        "set vision_judge",
+        "text_only_precision: true",
+    )
+    recipe = load_recipe(PAPER_RECIPES[0], ["vision_judge=null", "text_only_precision=true"])
+    assert recipe.precision_verified_by() == "reference caption (text only)"
+    assert load_recipe("toy-cpu", ["model=m"]).text_only_precision  # the embedded judge cannot see images
+    for rewards in ("{dcscore: 1}", "{balcap_recall: 1}"):  # every reward that verifies facts
+        one_line_error(dry_run("model=org/name", "text_only_precision=false", f"rewards={rewards}"), "verifies")
+    result = dry_run("model=org/name", "text_only_precision=false", "rewards={caprl_qa_utility: 1}")
+    assert result.exit_code == 0, result.output  # no fact to verify: nothing to opt in to
+    assert load_recipe("toy-cpu", ["model=m", "rewards={caprl_qa_utility: 1}"]).precision_verified_by() is None
+    one_line_error(
+        dry_run("model=org/name", "vision_judge=llamacpp:smollm2"),
+        "recipe field vision_judge: engine 'llamacpp' cannot see images",
+    )
+
+
+# --- enumerated fields, and TRL's version ---------------------------------------------------------
+
+
+def _enumerated() -> list[tuple[str, tuple[str, ...]]]:
+    import typing
+
+    from capbench_rl.recipe import Recipe
+
+    hints = typing.get_type_hints(Recipe)
+    return [(n, typing.get_args(h)) for n, h in hints.items() if typing.get_origin(h) is typing.Literal]
+
+
+def test_every_enumerated_recipe_field_is_checked_when_the_recipe_loads():
+    enumerated = dict(_enumerated())
+    assert set(enumerated) == {"fact_protocol", "aggregation", "length_unit", "qa_answer_mode", "eval_engine"}
+    for name, values in enumerated.items():
+        typo = "normalise_then_sum" if name == "aggregation" else values[0] + "s"
+        with pytest.raises(ConfigError, match=f"recipe field {name} must be one of {', '.join(values)}, not"):
+            load_recipe("toy-cpu", ["model=m", f"{name}={typo}"])
+
+
+@pytest.mark.parametrize("key", ["scale_rewards", "loss_type", "importance_sampling_level", "vllm_mode",
+                                 "vllm_model_impl", "vllm_importance_sampling_mode"])  # fmt: skip
+def test_enumerated_trl_settings_that_trl_checks_late_are_checked_first(key):
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    from capbench_rl.checks import TRL_CHOICES
+
+    assert key in {f.name for f in fields(GRPOConfig)}
+    valid = ", ".join(str(v).lower() for v in TRL_CHOICES[key])
+    one_line_error(dry_run("model=org/name", f"trl={{{key}: typo}}"), f"trl.{key} must be one of {valid}, not 'typo'")
+    # TRL itself takes the typo, and fails only where it uses it
+    GRPOConfig(output_dir="unused", use_cpu=True, report_to=[], **{key: "typo"})
+
+
+def test_a_trl_older_than_the_declared_lowest_is_refused_in_one_line(monkeypatch, tmp_path):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.5.1" if name == "trl" else real(name))
+    one_line_error(dry_run("model=org/name"), "TRL 1.5.1 is older than capbench-rl supports", "trl>=1.16")
+    result = CliRunner().invoke(main, ["train", "--config", "toy-cpu", "--set", "model=org/name",
+                                       "--set", f"output_dir={tmp_path / 'run'}"])  # fmt: skip
+    one_line_error(result, "TRL 1.5.1")
+    assert not (tmp_path / "run").exists()
+
+
 # --- TRL's settings -----------------------------------------------------------------------------
 
 

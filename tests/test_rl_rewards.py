@@ -6,10 +6,13 @@ import asyncio
 import inspect
 import math
 import pickle
+from collections import Counter
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from conftest import ScriptedEngine
+from oracle_engine import OracleEngine
 
 from capbench.data import load_benchmark
 from capbench.engines.cache import CachedEngine, ResponseCache
@@ -113,6 +116,17 @@ def test_a_failed_reward_is_left_out_of_its_group_and_a_rollout_without_rewards_
     assert got[3] == 0.0
 
 
+def test_grpo_leaves_a_rollout_whose_reward_failed_out_of_its_group():
+    # TRL alone nansums the failed reward as 0: sums (1, 1.5, 1.6), advantages (-1.14, .41, .73)
+    got = advantages([[None, 1.0], [0.5, 1.0], [0.6, 1.0]], [1.0, 1.0], 3, "sum_then_normalize")
+    z = 0.05 / (_std([1.5, 1.6]) + 1e-4)  # the two scored rollouts, alone in their group
+    assert got == pytest.approx([0.0, -z, z], abs=1e-9)
+    # a rollout whose rewards all failed: 0 in both aggregations (TRL >= 1.6; capbench's rule)
+    for aggregation in ("normalize_then_sum", "sum_then_normalize"):
+        got = advantages([[1.0], [0.0], [0.0], [None]], [1.0], 4, aggregation)
+        assert got == pytest.approx([1.1547, -0.5773, -0.5773, 0.0], abs=1e-3)
+
+
 # --- BalCap rewards: the same numbers as capbench eval, masking, failures --------------------------
 
 
@@ -147,16 +161,15 @@ def test_balcap_rewards_equal_capbench_eval_and_share_one_set_of_judge_calls(ora
     funcs = balcap_rewards(oracle_setup, band=None)
     got = [asyncio.run(f(["prompt"] * 4, completions, **columns)) for f in funcs]
 
-    from oracle_engine import OracleEngine
-
     judge = CachedEngine(OracleEngine(), ResponseCache(":memory:"))
     metric = build_metric("balcap", FactConfig.preset("official"))
     scores = metric.score(samples, [Caption(s.id, captions[s.id]) for s in samples], {"text": judge})
     for component, values in zip(("precision", "recall", "linguistic"), got, strict=True):
         assert values == pytest.approx([s.values[component] for s in scores]), component
-    # the second and third rewards were answered from the cache
+    # each request reached the judge once; recall's and linguistic's facts, matches and verdicts came from
+    # the cache (precision and recall ask for no rating: the 4 ratings are linguistic's own)
     stats = rewards.runtime(oracle_setup).judges["text"].stats
-    assert stats.calls == judge.stats.calls and stats.cache_hits >= 2 * judge.stats.calls
+    assert stats.calls == judge.stats.calls and stats.cache_hits == 2 * (judge.stats.calls - 4)
 
 
 def test_linguistic_reward_is_zero_outside_the_length_band_and_counted(oracle_setup):
@@ -172,6 +185,50 @@ def test_linguistic_reward_is_zero_outside_the_length_band_and_counted(oracle_se
     values = asyncio.run(linguistic(["p"] * 2, completions, reference_caption=refs, reference_facts=facts))
     assert values[0] == 0.0 and values[1] is not None and values[1] > 0.0
     assert rewards.STATS["balcap_linguistic"]["masked"] == 1
+
+
+class CountingOracle(OracleEngine):
+    """``counting:truth``: the oracle judge, counting the requests that reach it per stage (past the cache)."""
+
+    stages: ClassVar[Counter] = Counter()
+
+    def run(self, requests, on_result=None):
+        CountingOracle.stages.update(self.stage_of[r.messages[0].joined_text()] for r in requests)
+        return super().run(requests, on_result)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0)])  # TRL runs the rewards concurrently: either may go first
+def test_only_rollouts_inside_the_length_band_are_rated(monkeypatch, order):
+    from capbench import engines
+
+    monkeypatch.setitem(engines.ENGINES, "counting", ("test_rl_rewards", "CountingOracle", "test engine"))
+    monkeypatch.setattr(CountingOracle, "stages", Counter())
+    rewards._RUNTIMES.clear()
+    bench = load_benchmark("mini")
+    captions = {name: read_caption_file(path).captions for name, path in bench.example_captions.items()}
+    samples = [s for s in bench.samples[:2] for _ in range(2)]  # two groups of two rollouts
+    texts = [captions["short" if i % 2 == 0 else "detailed"][s.id] for i, s in enumerate(samples)]
+    columns = _columns(samples)
+    masked = [
+        not in_band(length_ratio(t, s.reference_caption), (0.5, 2.0)) for t, s in zip(texts, samples, strict=True)
+    ]
+    assert masked == [True, False, True, False]
+    funcs = balcap_rewards(JudgeSetup(judge="counting:truth", fact_protocol="official", cache=":memory:"))
+    got = {i: asyncio.run(funcs[i](["p"] * 4, texts, **columns)) for i in order}
+    # 4 rollouts, 2 outside the band: 2 rating requests (precision and recall ask for none)
+    assert CountingOracle.stages["linguistic"] == 2
+    assert CountingOracle.stages["decompose"] == 4  # the shared stages: once per caption, then the cache
+    assert [v == 0.0 for v in got[2]] == masked
+    metric = build_metric("balcap", FactConfig.preset("official"))
+    scores = metric.score(
+        samples, [Caption(s.id, t) for s, t in zip(samples, texts, strict=True)], {"text": OracleEngine()}
+    )
+    assert got[0] == pytest.approx([s.values["precision"] for s in scores])
+    assert got[1] == pytest.approx([s.values["recall"] for s in scores])
+    assert [v for v, m in zip(got[2], masked, strict=True) if not m] == pytest.approx(
+        [s.values["linguistic"] for s, m in zip(scores, masked, strict=True) if not m]
+    )
+    rewards._RUNTIMES.clear()
 
 
 def test_a_judge_failure_is_none_and_counted_never_zero(scripted_cli_engine):
@@ -240,8 +297,6 @@ def test_dcscore_reward_equals_capbench_eval(oracle_setup):
     captions = read_caption_file(bench.example_captions["planted_errors"]).captions
     texts = [captions[s.id] for s in samples]
     got = asyncio.run(rewards.reward(rewards.dcscore_reward, setup=oracle_setup)(["p"] * 3, texts, **_columns(samples)))
-
-    from oracle_engine import OracleEngine
 
     metric = build_metric("dcscore", FactConfig.preset("official"))
     scores = metric.score(samples, [Caption(s.id, t) for s, t in zip(samples, texts, strict=True)],
