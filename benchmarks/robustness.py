@@ -25,6 +25,8 @@ SUITES = {
     "test_bad_inputs": ("bad input", "CASES"),
     "test_cli_inputs": ("bad input", "KINDS"),
     "test_rl_checks": ("bad input", "KINDS"),
+    "test_api": ("bad input", "KINDS"),
+    "test_jsonl_benchmark": ("bad input", "KINDS"),
     "test_hostile_captions": ("hostile caption", "PAYLOADS"),
     "test_faulty_judge": ("fault", "KINDS"),
     "test_resume_after_kill": ("fault", "KINDS"),

@@ -27,9 +27,7 @@ def test_import_capbench_offers_a_documented_surface():
         capbench.evalute  # noqa: B018
 
 
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
+_SETTINGS = [
         ({"batch_size": "8"}, r"EvalConfig\.batch_size must be int, not str"),
         ({"batch_size": 0}, r"EvalConfig\.batch_size must be at least 1"),
         ({"limit": True}, r"EvalConfig\.limit must be int or None, not bool"),
@@ -40,8 +38,10 @@ def test_import_capbench_offers_a_documented_surface():
         ({"captions": "mine.jsonl"}, r"takes a list of files or a \{name: file\} mapping, not one path"),
         ({"judge_options": 3}, r"EvalConfig\.judge_options must be a mapping or a list, not int"),
         ({"batchsize": 8}, r"unknown evaluation setting\(s\) 'batchsize'; the settings are: .*batch_size"),
-    ],
-)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("settings", "message"), _SETTINGS)
 def test_a_wrong_setting_names_the_field(settings: dict[str, Any], message: str):
     with pytest.raises(ConfigError, match=message):
         capbench.EvalConfig.from_dict(settings)
@@ -58,10 +58,7 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build, "build_judges", refuse)
 
 
-@pytest.mark.usefixtures("no_loading")
-@pytest.mark.parametrize(
-    ("settings", "error", "message"),
-    [
+_REFUSALS = [
         ({"metrics": ["bleu"]}, ConfigError, r"unknown metric 'bleu'; choose from: .*entry-point group"),
         ({"benchmark": "imagenet"}, ConfigError, r"unknown benchmark 'imagenet'; choose from"),
         ({"judge": "foo:bar"}, ConfigError, r"unknown engine 'foo'"),
@@ -78,8 +75,11 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"benchmark": "decapbench", "metrics": ["arena"]}, ConfigError, r"needs baseline captions"),
         ({"benchmark": "jsonl"}, ConfigError, r"benchmark 'jsonl' needs --data-file"),
         ({"metrics": []}, ConfigError, r"only generates captions: give a model"),
-    ],
-)  # fmt: skip
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("no_loading")
+@pytest.mark.parametrize(("settings", "error", "message"), _REFUSALS)
 def test_every_refusal_comes_before_any_model_loads(tmp_path: Path, settings, error, message):
     base = {"example_captions": True, "results_dir": tmp_path / "results"}
     with pytest.raises(error, match=message):
@@ -240,15 +240,15 @@ def test_a_served_judge_that_is_down_is_named_before_any_caption_is_generated(tm
     assert made == [] and not list((tmp_path / "results").rglob("generated.jsonl"))
 
 
+_METRIC_SETTINGS = [
+    ({"captionqa": {"max_tokens": "4"}}, r"metric 'captionqa': setting 'max_tokens' must be int, not str"),
+    ({"captionqa": {"answer_mode": "letters"}}, r"setting 'answer_mode' must be one of 'letter', 'loglik'"),
+    ({"caprl": {"samples": 2.5}}, r"metric 'caprl': setting 'samples' must be int, not float"),
+]
+
+
 @pytest.mark.usefixtures("no_loading")
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"captionqa": {"max_tokens": "4"}}, r"metric 'captionqa': setting 'max_tokens' must be int, not str"),
-        ({"captionqa": {"answer_mode": "letters"}}, r"setting 'answer_mode' must be one of 'letter', 'loglik'"),
-        ({"caprl": {"samples": 2.5}}, r"metric 'caprl': setting 'samples' must be int, not float"),
-    ],
-)
+@pytest.mark.parametrize(("settings", "message"), _METRIC_SETTINGS)
 def test_a_metric_setting_of_the_wrong_type_names_the_metric_and_setting(tmp_path: Path, settings, message):
     with pytest.raises(ConfigError, match=message):
         capbench.evaluate(example_captions=True, metrics=settings, results_dir=tmp_path)
@@ -258,3 +258,13 @@ def test_a_metric_setting_of_the_wrong_type_names_the_metric_and_setting(tmp_pat
 def test_caption_ids_the_benchmark_lacks_are_named_before_any_judge_loads(tmp_path: Path):
     with pytest.raises(InputError, match=r"1 id\(s\) are not in benchmark 'mini' \('mars'\)"):
         capbench.evaluate(captions={"mine": {"mars": "Red dust."}}, results_dir=tmp_path)
+
+
+#: The kinds of bad input this file covers (counted in benchmarks/results/robustness.md).
+KINDS = (
+    *(f"EvalConfig {', '.join(settings)}: {settings}" for settings, _ in _SETTINGS),
+    *(f"refused before loading: {settings}" for settings, _, _ in _REFUSALS),
+    *(f"metric setting of the wrong type: {settings}" for settings, _ in _METRIC_SETTINGS),
+    "a served judge that is down, before captioning",
+    "caption ids the benchmark lacks, before any judge",
+)

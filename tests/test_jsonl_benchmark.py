@@ -191,3 +191,7 @@ def test_rl_errors_keep_naming_file_and_line(tmp_path: Path):
     recipe = load_recipe("toy-cpu", ["model=m", "benchmark=null", f"data_file={path}", "rewards={dcscore: 1}"])
     with pytest.raises(InputError, match=r"train\.jsonl:1: image .*gone\.png not found; fix the path"):
         rows(recipe)
+
+
+#: The kinds of bad input this file covers (counted in benchmarks/results/robustness.md).
+KINDS = tuple(f"jsonl line: {case[0]}" for case in BAD_LINES)

@@ -171,8 +171,11 @@ def test_every_enumerated_recipe_field_is_checked_when_the_recipe_loads():
             load_recipe("toy-cpu", ["model=m", f"{name}={typo}"])
 
 
-@pytest.mark.parametrize("key", ["scale_rewards", "loss_type", "importance_sampling_level", "vllm_mode",
-                                 "vllm_model_impl", "vllm_importance_sampling_mode"])  # fmt: skip
+TRL_ENUMERATED = ("scale_rewards", "loss_type", "importance_sampling_level", "vllm_mode", "vllm_model_impl",
+                  "vllm_importance_sampling_mode")  # fmt: skip
+
+
+@pytest.mark.parametrize("key", TRL_ENUMERATED)
 def test_enumerated_trl_settings_that_trl_checks_late_are_checked_first(key):
     from dataclasses import fields
 
@@ -388,4 +391,10 @@ KINDS = (
     "unknown benchmark",
     "data_file that does not exist",
     "images_dir beside data_file",
+    "facts verified against text without text_only_precision",
+    "a vision judge that cannot see images",
+    # (aggregation's typo is counted above, with the values of the wrong type)
+    *(f"recipe field {name} misspelt" for name in ("fact_protocol", "length_unit", "qa_answer_mode", "eval_engine")),
+    *(f"trl.{key} misspelt" for key in TRL_ENUMERATED),
+    "TRL older than the declared lowest",
 )
