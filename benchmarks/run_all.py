@@ -59,6 +59,7 @@ def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
         "core": ["core.py"] if everything else ["core.py", "--quick"],
         "leaderboard": ["leaderboard.py"],
         "robustness": ["robustness.py"],
+        "reward_overlap": ["reward_overlap.py"],
     }
     if everything:
         runs["vllm_captionqa"] = ["vllm_captionqa.py"]
@@ -91,7 +92,8 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
-    lines += _robustness() + _overhead() + _judge_cost() + _throughput() + _core() + _leaderboard() + _hostile()
+    lines += _robustness() + _overhead() + _reward_overlap() + _judge_cost() + _throughput() + _core()
+    lines += _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
 
 
@@ -121,6 +123,32 @@ def _overhead() -> list[str]:
     real = report.get("real_judge")
     if real:
         lines += ["", _real_judge_sentence(report)]
+    return [*lines, ""]
+
+
+def _reward_overlap() -> list[str]:
+    found = load("reward_overlap")
+    if found is None:
+        return []
+    report, written = found
+    lines = [
+        f"## One RL step's reward time (reward_overlap.md, {written})",
+        "",
+        f"BalCapRL's three rewards and CapRL's QA utility over {report['rollouts']} rollouts, a judge with a fixed "
+        "round trip and room for every request; times the critical path (2 round trips).",
+        "",
+        "| round trip | one reward at a time | rewards together |",
+        "|---|---|---|",
+    ]
+    by_delay: dict[float, dict[str, Any]] = {}
+    for row in report["rows"]:
+        by_delay.setdefault(row["delay"], {})[row["mode"]] = row
+    for delay, modes in by_delay.items():
+        cells = [
+            f"{modes[m]['seconds']:.2f} s ({modes[m]['over_critical_path']:.2f}×)" if m in modes else "—"
+            for m in ("one at a time", "together")
+        ]
+        lines.append(f"| {delay:.1f} s | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

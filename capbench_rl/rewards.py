@@ -285,7 +285,7 @@ def _score(
     if not samples:
         return []
     state = runtime(setup)
-    with state.lock:  # one scoring at a time per judge set; concurrent rewards then hit the cache
+    with state.lock:  # built once per process; scoring itself runs concurrently (below)
         metric = state.metrics.get((metric_name, options, rated))
         if metric is None:
             [metric], _ = capbench.build_metrics(config(setup, {metric_name: dict(options)}))
@@ -293,7 +293,10 @@ def _score(
                 metric.linguistic = False  # FactMetric's switch of the rating stage, on this instance only
             state.metrics[(metric_name, options, rated)] = metric
         judges = state.judges if metric.judge_roles else {}
-        scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], judges)
+    # Rewards of one step score at the same time (TRL gathers them): their shared judge calls are
+    # sent once, the others wait for the answer (CachedEngine), and a served judge answers them all
+    # concurrently, so the CapRL reward does not wait for the BalCapRL ones.
+    scores = metric.score(samples, [Caption(s.id, c) for s, c in zip(samples, captions, strict=True)], judges)
     return [s.values for s in scores]
 
 

@@ -161,3 +161,84 @@ def test_a_recorder_sees_cached_and_new_responses(tmp_path: Path):
     engine = ScriptedEngine()
     CachedEngine(engine, cache, Recorder()).run([_request("a"), _request("b")])
     assert sorted(seen) == [("a", True), ("b", False)] and len(engine.calls) == 1
+
+
+# --- requests in flight from several threads -----------------------------------------------------
+
+
+class _SlowEngine:
+    """Answers after a pause; counts every request it receives and the most batches it ran at once."""
+
+    backend, accepts_images, supports_loglik = "slow", False, False
+
+    def __init__(self, concurrent: bool, pause: float = 0.2, fail: bool = False) -> None:
+        import threading
+
+        self.concurrent = concurrent
+        self.pause, self.fail = pause, fail
+        self.received: list[str] = []
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def fingerprint(self) -> dict:
+        return {"backend": "slow"}
+
+    def run(self, requests, on_result=None):  # noqa: ANN001, ANN201
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.received += [r.messages[-1].joined_text() for r in requests]
+        time.sleep(self.pause)
+        with self.lock:
+            self.running -= 1
+        if self.fail:
+            raise RuntimeError("the engine broke")
+        return [Response(texts=(f"answer to {r.messages[-1].joined_text()}",)) for r in requests]
+
+
+def _together(judge, batches):  # noqa: ANN001, ANN202
+    """Run each batch on its own thread, all at once; return each thread's responses (or exception)."""
+    import threading
+
+    out: list = [None] * len(batches)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = judge.run([Request((Message.text("user", t),), Sampling()) for t in batches[i]])
+        except Exception as exc:  # noqa: BLE001
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a caller never got its answer"
+    return out
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_identical_requests_in_flight_from_other_threads_are_sent_once(tmp_path, concurrent):
+    engine = _SlowEngine(concurrent)
+    judge = CachedEngine(engine, ResponseCache(tmp_path / "cache.sqlite"))
+    first, second = _together(judge, [["a", "b", "c"], ["b", "c", "d"]])
+    assert sorted(engine.received) == ["a", "b", "c", "d"]  # b and c were asked once
+    assert [r.text for r in first] == ["answer to a", "answer to b", "answer to c"]
+    assert [r.text for r in second] == ["answer to b", "answer to c", "answer to d"]
+    assert judge.stats.calls == 4 and judge.stats.cache_hits == 2
+    # an engine that is not safe from two threads gets one batch at a time; a concurrent one, both
+    assert engine.most == (2 if concurrent else 1)
+
+
+def test_a_call_that_fails_in_flight_fails_its_waiters_too_and_nothing_hangs(tmp_path):
+    engine = _SlowEngine(concurrent=True, fail=True)
+    judge = CachedEngine(engine, ResponseCache(tmp_path / "cache.sqlite"))
+    first, second = _together(judge, [["a"], ["a"]])
+    errors = [r for r in (first, second) if isinstance(r, Exception)]
+    answered = [r for r in (first, second) if not isinstance(r, Exception)]
+    assert len(errors) == 1 and "the engine broke" in str(errors[0])
+    if answered:  # the waiter got the failure as a failure, never a reply, and no cache hit
+        assert not answered[0][0].ok and judge.stats.cache_hits == 0
+    assert engine.received == ["a"]

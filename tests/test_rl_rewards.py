@@ -6,6 +6,8 @@ import asyncio
 import inspect
 import math
 import pickle
+import threading
+import time
 from collections import Counter
 from typing import ClassVar
 
@@ -228,6 +230,48 @@ def test_only_rollouts_inside_the_length_band_are_rated(monkeypatch, order):
     assert [v for v, m in zip(got[2], masked, strict=True) if not m] == pytest.approx(
         [s.values["linguistic"] for s, m in zip(scores, masked, strict=True) if not m]
     )
+    rewards._RUNTIMES.clear()
+
+
+class ServedOracle(CountingOracle):
+    """The counting oracle as a served judge: safe from several threads, each batch a round trip long."""
+
+    concurrent = True
+    running: ClassVar[list[int]] = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def run(self, requests, on_result=None):
+        with ServedOracle.lock:
+            ServedOracle.running[0] += 1
+            ServedOracle.running[1] = max(ServedOracle.running)
+        time.sleep(0.2)
+        with ServedOracle.lock:
+            ServedOracle.running[0] -= 1
+        return super().run(requests, on_result)
+
+
+def test_a_steps_rewards_judge_at_the_same_time_and_share_their_calls(monkeypatch):
+    from capbench import engines
+
+    monkeypatch.setitem(engines.ENGINES, "served", ("test_rl_rewards", "ServedOracle", "test engine"))
+    monkeypatch.setattr(CountingOracle, "stages", Counter())
+    monkeypatch.setattr(ServedOracle, "running", [0, 0])
+    rewards._RUNTIMES.clear()
+    bench = load_benchmark("mini")
+    captions = read_caption_file(bench.example_captions["detailed"]).captions
+    samples = list(bench.samples[:3])
+    texts = [captions[s.id] for s in samples]
+    funcs = balcap_rewards(JudgeSetup(judge="served:truth", fact_protocol="official", cache=":memory:"))
+
+    async def step():  # as TRL runs a step's async rewards
+        return await asyncio.gather(*(f(["p"] * 3, texts, **_columns(samples)) for f in funcs))
+
+    precision, recall, linguistic = asyncio.run(step())
+    # the three rewards' judging overlapped, and each shared request reached the judge once
+    assert ServedOracle.running[1] >= 2
+    assert CountingOracle.stages["decompose"] == 3 and CountingOracle.stages["linguistic"] == 3
+    assert sum(CountingOracle.stages.values()) == rewards.judge_usage()["calls"]
+    assert all(v is not None for v in (*precision, *recall, *linguistic))
     rewards._RUNTIMES.clear()
 
 

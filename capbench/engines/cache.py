@@ -389,8 +389,14 @@ class CachedEngine:
     """An engine wrapper that answers from the cache, de-duplicates a batch, and counts.
 
     Requests already in the cache are answered without calling the engine; identical requests
-    within one batch are sent once. Each successful response is stored as soon as the engine
-    reports it, so a killed run loses at most the calls in flight. A cache that cannot be read
+    within one batch are sent once, and so are identical requests of batches run at the same
+    time from other threads (the second waits for the first's answer: several rewards of one
+    step, or several callers of the reward service, share their judge calls while they run
+    concurrently). An engine that is not safe to call from two threads at once (one without
+    ``concurrent = True``, e.g. an in-process model) gets one batch at a time.
+
+    Each successful response is stored as soon as the engine reports it, so a killed run loses
+    at most the calls in flight. A cache that cannot be read
     or written costs misses and unstored replies (counted in ``stats``), never a reply. A
     ``recorder`` (a cassette) receives every response, cached or not.
 
@@ -415,6 +421,10 @@ class CachedEngine:
         self.backend = engine.backend
         self.accepts_images = engine.accepts_images
         self.supports_loglik = engine.supports_loglik
+        #: Requests being answered now, by key: who waits for them gets the same response.
+        self._inflight: dict[str, _InFlight] = {}
+        self._inflight_lock = threading.Lock()
+        self._engine_lock = None if getattr(engine, "concurrent", False) else threading.Lock()
 
     def fingerprint(self) -> dict[str, Any]:
         """Return the wrapped engine's fingerprint (read from it once)."""
@@ -430,26 +440,66 @@ class CachedEngine:
         """Answer ``requests`` from the cache where possible and from the engine otherwise."""
         results: list[Response | None] = [None] * len(requests)
         pending: dict[str, list[int]] = {}
+        waiting: dict[str, list[int]] = {}
+        others: dict[str, _InFlight] = {}
         fingerprint = self.fingerprint()
         for index, request in enumerate(requests):
             key = request_key(fingerprint, request)
+            if key in pending or key in waiting:
+                (pending if key in pending else waiting)[key].append(index)
+                continue
             hit = None
-            if self.cache is not None and key not in pending:
-                hit, readable = self.cache.lookup(key)
-                self.stats.cache_read_failures += not readable
-            if hit is not None:
-                results[index] = hit
-                self.stats.cache_hits += 1
-                if self.recorder is not None:
-                    self.recorder.write(request, hit)
-                if on_result is not None:
-                    on_result(index, hit)
+            with self._inflight_lock:  # a key is either in flight or, once answered, in the cache
+                flight = self._inflight.get(key)
+                if flight is None and self.cache is not None:
+                    hit, readable = self.cache.lookup(key)
+                    self.stats.cache_read_failures += not readable
+                if flight is None and hit is None:
+                    self._inflight[key] = _InFlight()
+            if flight is not None:
+                others[key] = flight
+                waiting[key] = [index]
+            elif hit is not None:
+                self._answer(index, request, hit, results, on_result)
             else:
-                pending.setdefault(key, []).append(index)
+                pending[key] = [index]
         keys = list(pending)
-        if keys:
-            self._run_pending(requests, keys, pending, results, on_result)
+        try:
+            if keys:
+                self._run_pending(requests, keys, pending, results, on_result)
+        finally:
+            self._land(keys, pending, results)
+        for key, indices in waiting.items():  # answered by another caller's call, as from the cache
+            response = others[key].wait()
+            for index in indices:
+                self._answer(index, requests[index], response, results, on_result)
         return [r if r is not None else Response(error="engine returned no response") for r in results]
+
+    def _answer(
+        self,
+        index: int,
+        request: Request,
+        response: Response,
+        results: list[Response | None],
+        on_result: OnResult | None,
+    ) -> None:
+        """Answer one request without the engine (from the cache, or another caller's call in flight)."""
+        response = response if response.cached or not response.ok else _as_cached(response)
+        results[index] = response
+        self.stats.cache_hits += int(response.ok)  # a failure shared with the caller in flight is no hit
+        if self.recorder is not None:
+            self.recorder.write(request, response)
+        if on_result is not None:
+            on_result(index, response)
+
+    def _land(self, keys: Sequence[str], pending: Mapping[str, list[int]], results: list[Response | None]) -> None:
+        """Hand this call's answers to whoever waits for them, and take the keys out of flight."""
+        with self._inflight_lock:
+            for key in keys:
+                flight = self._inflight.pop(key, None)
+                if flight is not None:
+                    answer = results[pending[key][0]]
+                    flight.land(answer if answer is not None else Response(error="engine returned no response"))
 
     def _run_pending(
         self,
@@ -488,9 +538,39 @@ class CachedEngine:
             seen.add(position)
             record(position, response)
 
-        answers = self.engine.run(batch, on_engine_result)
+        if self._engine_lock is None:
+            answers = self.engine.run(batch, on_engine_result)
+        else:
+            with self._engine_lock:
+                answers = self.engine.run(batch, on_engine_result)
         # Engines that do not report per item are accounted for here, once.
         for position, response in enumerate(answers):
             if position not in seen:
                 record(position, response)
         self.stats.seconds += time.perf_counter() - started
+
+
+class _InFlight:
+    """A request being answered by one caller, that others wait for."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._response: Response | None = None
+
+    def land(self, response: Response) -> None:
+        """Give the answer to every waiter."""
+        self._response = response
+        self._done.set()
+
+    def wait(self) -> Response:
+        """Return the answer once the caller in flight has it."""
+        self._done.wait()
+        assert self._response is not None
+        return self._response
+
+
+def _as_cached(response: Response) -> Response:
+    """The response as a cache lookup returns it (``cached`` set)."""
+    from dataclasses import replace
+
+    return replace(response, cached=True)

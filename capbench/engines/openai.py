@@ -162,6 +162,8 @@ class OpenAIEngine:
 
     backend = "openai"
     supports_loglik = False
+    #: Safe to call from several threads at once: each call runs its own requests on the server.
+    concurrent = True
 
     def __init__(
         self,
