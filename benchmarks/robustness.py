@@ -27,6 +27,7 @@ SUITES = {
     "test_rl_checks": ("bad input", "KINDS"),
     "test_api": ("bad input", "KINDS"),
     "test_jsonl_benchmark": ("bad input", "KINDS"),
+    "test_serve": ("bad input", "KINDS"),
     "test_hostile_captions": ("hostile caption", "PAYLOADS"),
     "test_faulty_judge": ("fault", "KINDS"),
     "test_resume_after_kill": ("fault", "KINDS"),

@@ -337,6 +337,50 @@ def agreement_command(**opts: Any) -> None:
     cli_arena.run_agreement(opts)
 
 
+@main.command("serve")
+@click.option("--judge", default=None,
+              help="Text judge as ENGINE:MODEL or a YAML spec file [default: llamacpp:smollm2].")  # fmt: skip
+@click.option("--vision-judge", default=None,
+              help="Judge that sees the image, for fact verification; without one, facts are checked against the "
+              "reference caption.")  # fmt: skip
+@_judge_engine_options
+@click.option("--fact-protocol", type=click.Choice(["auto", "official", "greedy", "embedded"]), default="auto",
+              show_default=True, help="DCScore/balcap judge settings, as in eval.")  # fmt: skip
+@click.option("--answer-mode", type=click.Choice(["auto", "letter", "loglik"]), default="auto", show_default=True,
+              help="CaptionQA, CapRL: the judge writes a letter, or options are ranked by likelihood "
+              "(as in eval).")  # fmt: skip
+@click.option("--caprl-samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="caprl: questions drawn per caption.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of option shuffles and judge sampling.")
+@click.option("-b", "--benchmark", default=None,
+              help="A benchmark whose samples items may name by sample_id (their image and references).")  # fmt: skip
+@click.option("--images-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the benchmark's images, for benchmarks that do not bundle them.")  # fmt: skip
+@click.option("--data-file", type=click.Path(dir_okay=False, path_type=Path), help="The benchmark's own data file.")
+@click.option("--images-root", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder whose images items may name by path; repeatable. Paths outside are refused.")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
+@click.option("--batch-window-ms", type=click.FloatRange(min=0.0), default=10.0, show_default=True,
+              help="Requests arriving within this window are judged in shared engine batches.")  # fmt: skip
+@click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Items waiting at most; beyond it requests get 429 with Retry-After.")  # fmt: skip
+@click.option("--max-items", type=click.IntRange(min=1), default=1024, show_default=True, help="Items per request.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.0, min_open=True), default=64.0, show_default=True,
+              help="Request body size limit (also the largest image a URL may download).")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0.0, min_open=True), default=600.0, show_default=True,
+              help="Seconds per request before 504 (the judgments made are still cached).")  # fmt: skip
+@click.option("--token-env", default="CAPBENCH_SERVE_TOKEN", show_default=True,
+              help="Environment variable holding the bearer token; when set, every request but /health "
+              "needs it.")  # fmt: skip
+@click.option("--no-cache", is_flag=True, help="Do not read or write the judge-call cache on disk.")
+def serve_command(**opts: Any) -> None:
+    """Serve capbench rewards and metrics over HTTP, for any trainer (docs/serve.md)."""
+    from capbench.serve import config_from_options, serve
+
+    serve(config_from_options(opts))
+
+
 @main.group("cache")
 def cache_group() -> None:
     """Inspect or clear the judge-call cache ($CAPBENCH_HOME/cache.sqlite)."""

@@ -3,7 +3,8 @@
 ``capbench-rl train`` runs these checks on ``--dry-run`` and before a real run loads a model,
 so a recipe that could only fail later (after the policy has loaded, after a hub's retries, at
 the first reward) fails at once, in one line that names the field and the fix. Nothing here
-loads a model, reads an image or reaches a network.
+loads a model, reads an image or reaches a network, except :func:`check_service_up`, which a
+real run (not ``--dry-run``) calls once at its start.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def check_recipe(recipe: Recipe) -> None:
     check_judges(recipe)
     check_trl(recipe.trl)
     check_paths(recipe)
+    check_service(recipe)
 
 
 def check_model(model: str) -> None:
@@ -174,3 +176,37 @@ def check_paths(recipe: Recipe) -> None:
         value = getattr(recipe, name)
         if value is not None and not Path(value).expanduser().exists() and not is_hub_id(value):
             raise ConfigError(f"recipe field {name}: {value}: no such folder; set it to a local copy or a hub id")
+
+
+def check_service(recipe: Recipe) -> None:
+    """Refuse a ``reward_service`` that is not an http(s) address; it is not contacted (dry runs stay offline)."""
+    if recipe.reward_service is not None:
+        from capbench_rl.service_client import check_url
+
+        check_url(recipe.reward_service, "recipe field reward_service")
+
+
+def check_service_up(recipe: Recipe) -> None:
+    """Ask the recipe's reward service for ``/health`` once; refuse if it is down or lacks a reward the recipe names.
+
+    The length penalty is computed here, not by the service. A ``/health`` that lists no
+    rewards cannot be checked against; the first step then names a missing one.
+    """
+    if recipe.reward_service is None:
+        return
+    from capbench_rl.recipe import LENGTH_REWARDS
+    from capbench_rl.service_client import ServiceError, health
+
+    try:
+        body = health(recipe.reward_service, token_env=recipe.reward_service_token_env)
+    except ServiceError as exc:
+        raise ConfigError(f"recipe field reward_service: {exc}; start `capbench serve` there, or fix the URL") from None
+    offered = body.get("rewards")
+    if not isinstance(offered, (list, dict)):
+        return
+    missing = [name for name in recipe.rewards if name not in LENGTH_REWARDS and name not in offered]
+    if missing:
+        raise ConfigError(
+            f"recipe field reward_service: the service at {recipe.reward_service} does not compute "
+            f"{', '.join(missing)}; it offers {', '.join(sorted(offered)) or 'no rewards'}"
+        )

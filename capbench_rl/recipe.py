@@ -47,6 +47,8 @@ def qa_rewards() -> list[str]:
 
 #: What steps.jsonl says a text-only recipe verifies its facts against (``text_only_precision``).
 TEXT_ONLY = "reference caption (text only)"
+#: ... and a recipe whose rewards a reward service scores (its judges, its settings).
+SERVICE = "reward service"
 
 
 def verifying_rewards(rewards: dict[str, float]) -> list[str]:
@@ -163,11 +165,18 @@ class Recipe:
     """Its engine options, KEY=VALUE (as `capbench eval --model-opt`, e.g. gpu_memory_utilization=0.3)."""
     trl: dict[str, Any] = field(default_factory=dict)
     """Further GRPOConfig settings, passed as they are (e.g. use_vllm, vllm_mode, gradient_accumulation_steps)."""
+    reward_service: str | None = None
+    """URL of a running `capbench serve` (http://HOST:PORT): it scores the metric rewards, with its own judges."""
+    reward_service_token_env: str = "CAPBENCH_SERVE_TOKEN"
+    """Environment variable holding the service's bearer token (unset: no token is sent)."""
+    reward_service_images: Literal["path", "base64"] = "path"
+    """How images reach the service: their paths (a shared file system) or inline base64."""
 
     def __post_init__(self) -> None:
         self._check_types()
         names = reward_names()
-        unknown = sorted(set(self.rewards) - set(names))
+        # A service may compute rewards no metric installed here declares: it names its own at start (/health).
+        unknown = [] if self.reward_service is not None else sorted(set(self.rewards) - set(names))
         if unknown or not self.rewards:
             raise ConfigError(
                 f"recipe rewards {unknown or '{}'}: choose from {', '.join(names)} (installed metrics add rewards "
@@ -225,6 +234,8 @@ class Recipe:
 
     def _check_verification(self) -> None:
         """Refuse facts verified against text alone unless the recipe says so (BalCapRL verifies against the image)."""
+        if self.reward_service is not None:
+            return  # the service's judges verify the facts, not the recipe's
         verifying = verifying_rewards(self.rewards)
         if verifying and self.vision_judge is None and not self.text_only_precision:
             raise ConfigError(
@@ -237,6 +248,8 @@ class Recipe:
         """What the rewards' caption facts are verified against (None: no reward verifies facts)."""
         if not verifying_rewards(self.rewards):
             return None
+        if self.reward_service is not None:
+            return SERVICE
         return "image" if self.vision_judge is not None else TEXT_ONLY
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,15 +25,21 @@ from capbench.errors import ConfigError
 from capbench.runs import JsonlLog, atomic_write_text
 from capbench_rl import rewards as R
 from capbench_rl.advantages import LeaveOutFailed
-from capbench_rl.checks import check_recipe
+from capbench_rl.checks import check_recipe, check_service_up
 from capbench_rl.data import dataset
 from capbench_rl.evaluate import CheckpointEval, callback_base
 from capbench_rl.recipe import TEXT_ONLY, TRL_FIELDS, Recipe
+from capbench_rl.service_client import ServiceReward, service_usage
 from capbench_rl.timing import PhaseTimer
+
+#: The names TRL logs capbench's rewards under, where they differ from the reward's name.
+LOGGED_AS = {"dcscore": "dcscore_reward", "captionqa": "captionqa_reward", "length_penalty": "length_penalty_reward"}
 
 
 def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
     """The recipe's reward functions, in its order, and their weights."""
+    if recipe.reward_service is not None:
+        return service_reward_functions(recipe)
     setup = R.JudgeSetup(
         judge=recipe.judge,
         judge_options=tuple(recipe.judge_options),
@@ -58,6 +64,29 @@ def reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
     }
     # A reward a plugin's metric declares: scored the same way, logged under its own name.
     funcs = [made[name]() if name in made else R.MetricReward(name, setup=setup) for name in recipe.rewards]
+    return funcs, [float(w) for w in recipe.rewards.values()]
+
+
+def service_reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
+    """The recipe's rewards scored by its reward service (the length penalty stays here), and their weights.
+
+    Each is logged under the name its in-process twin has, and the linguistic reward is masked
+    by the length band here, before anything is sent.
+    """
+    band = tuple(recipe.length_band) if recipe.length_band is not None else None
+    length = {"unit": recipe.length_unit, "tokenizer": recipe.model if recipe.length_unit == "tokens" else None}
+    funcs: list[Any] = []
+    for name in recipe.rewards:
+        if name == "length_penalty":
+            funcs.append(R.reward(R.length_penalty_reward, coef=recipe.length_penalty_coef, **length))
+            continue
+        funcs.append(
+            ServiceReward(
+                name, recipe.reward_service or "", name=LOGGED_AS.get(name, name),
+                token_env=recipe.reward_service_token_env, images=recipe.reward_service_images,
+                band=band if name == "balcap_linguistic" else None, **length,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
     return funcs, [float(w) for w in recipe.rewards.values()]
 
 
@@ -101,6 +130,7 @@ def build_trainer(recipe: Recipe) -> Any:
 def train(recipe: Recipe) -> dict[str, Any]:
     """Train; return the last step's log entry."""
     check_recipe(recipe)
+    check_service_up(recipe)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -108,6 +138,13 @@ def train(recipe: Recipe) -> dict[str, Any]:
         warnings.warn(
             "text_only_precision: caption facts are verified against the reference caption, not the image, so a "
             "true fact the reference does not mention counts as wrong (steps.jsonl records it on every line)",
+            UserWarning,
+            stacklevel=2,
+        )
+    if recipe.reward_service is not None:
+        warnings.warn(
+            f"reward_service is set: {recipe.reward_service} scores the rewards with its own judges and metric "
+            "settings; the recipe's judge, vision_judge, fact_protocol, qa_answer_mode and caprl_samples are not used",
             UserWarning,
             stacklevel=2,
         )
@@ -130,7 +167,7 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
         self.rollouts = JsonlLog(out / "rollouts.jsonl")
         self.steps = JsonlLog(out / "steps.jsonl")
         self.seen: dict[str, dict[str, float]] = {}
-        self.judge_seen: dict[str, int] = {}
+        self.judge_seen = judge_usage()  # a reward service's figures count from this run's start
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """Record the rollouts TRL scored for this step and the reward-side figures."""
@@ -175,10 +212,20 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
                 "seconds": round(now.get("seconds", 0) - before.get("seconds", 0), 3),
             }
             self.seen[name] = now
-        usage = R.judge_usage()
+        usage = judge_usage()
         judge = {k: v - self.judge_seen.get(k, 0) for k, v in usage.items()}
         self.judge_seen = usage
         return {"rewards": figures, "judge": judge}
+
+
+def judge_usage() -> dict[str, int]:
+    """Judge calls, cache hits and failures: this process's judges', plus what a reward service reported."""
+    usage = R.judge_usage()
+    served = service_usage()
+    for ours, theirs in (("calls", "judge_calls"), ("cache_hits", "cache_hits"), ("failures", "failures")):
+        if theirs in served:
+            usage[ours] = usage.get(ours, 0) + int(served[theirs])
+    return usage
 
 
 def _mean_std(values: list[float]) -> dict[str, float | None]:

@@ -183,7 +183,7 @@ class _SlowEngine:
     def fingerprint(self) -> dict:
         return {"backend": "slow"}
 
-    def run(self, requests, on_result=None):  # noqa: ANN001, ANN201
+    def run(self, requests, on_result=None):
         import time
 
         with self.lock:
@@ -198,7 +198,7 @@ class _SlowEngine:
         return [Response(texts=(f"answer to {r.messages[-1].joined_text()}",)) for r in requests]
 
 
-def _together(judge, batches):  # noqa: ANN001, ANN202
+def _together(judge, batches):
     """Run each batch on its own thread, all at once; return each thread's responses (or exception)."""
     import threading
 
@@ -207,7 +207,7 @@ def _together(judge, batches):  # noqa: ANN001, ANN202
     def one(i: int) -> None:
         try:
             out[i] = judge.run([Request((Message.text("user", t),), Sampling()) for t in batches[i]])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out[i] = exc
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(batches))]

@@ -164,7 +164,8 @@ def _enumerated() -> list[tuple[str, tuple[str, ...]]]:
 
 def test_every_enumerated_recipe_field_is_checked_when_the_recipe_loads():
     enumerated = dict(_enumerated())
-    assert set(enumerated) == {"fact_protocol", "aggregation", "length_unit", "qa_answer_mode", "eval_engine"}
+    names = {"fact_protocol", "aggregation", "length_unit", "qa_answer_mode", "eval_engine", "reward_service_images"}
+    assert set(enumerated) == names
     for name, values in enumerated.items():
         typo = "normalise_then_sum" if name == "aggregation" else values[0] + "s"
         with pytest.raises(ConfigError, match=f"recipe field {name} must be one of {', '.join(values)}, not"):
