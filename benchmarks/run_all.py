@@ -4,9 +4,10 @@ Usage: python benchmarks/run_all.py [--all] [--official DIR] [--only NAME,...]
 
 Fast set (minutes on 2 CPU cores): overhead (instant judge at 10/100/1,000 captions, and the
 embedded judge on 1 caption), judge_cost, core (--quick: one image per caption set),
-leaderboard and robustness (the count of bad-input and fault kinds the tests cover). --all adds
-the real judge on 3 captions, core on all 18 images, and the benchmarks that need a GPU or take
-long (vllm_captionqa, hf_captioning --size tiny, hostile).
+leaderboard, robustness (the count of bad-input and fault kinds the tests cover), reward_overlap
+and serve_load (the reward service under 8 and 32 concurrent clients). --all adds the real judge
+on 3 captions, core on all 18 images, and the benchmarks that need a GPU or take long
+(vllm_captionqa, hf_captioning --size tiny, hostile).
 
 --official DIR (or $CAPBENCH_OFFICIAL_REPOS) is a folder holding clones or bare git mirrors of
 the official repositories (names containing DeCapBench, CaptionQA, CapArena); judge_cost reads
@@ -60,6 +61,7 @@ def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
         "leaderboard": ["leaderboard.py"],
         "robustness": ["robustness.py"],
         "reward_overlap": ["reward_overlap.py"],
+        "serve_load": ["serve_load.py"],
     }
     if everything:
         runs["vllm_captionqa"] = ["vllm_captionqa.py"]
@@ -92,7 +94,7 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
-    lines += _robustness() + _overhead() + _reward_overlap() + _judge_cost() + _throughput() + _core()
+    lines += _robustness() + _overhead() + _reward_overlap() + _serve_load() + _judge_cost() + _throughput() + _core()
     lines += _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
 
@@ -149,6 +151,32 @@ def _reward_overlap() -> list[str]:
             for m in ("one at a time", "together")
         ]
         lines.append(f"| {delay:.1f} s | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _serve_load() -> list[str]:
+    found = load("serve_load")
+    if found is None:
+        return []
+    report, written = found
+    args, judge = report["args"], report["judge"]
+    lines = [
+        f"## The reward service under load (serve_load.md, {written})",
+        "",
+        f"`capbench serve` in a thread, {args['items']} items of capbench-mini for `{report['reward']}` per row in "
+        f"requests of {args['per_request']}, a loopback judge with latency that serves {judge['concurrency']} "
+        "requests at once; then the same requests again (served by the cache).",
+        "",
+        "| clients | items/s | p50 | p99 | lost | duplicated | rerun items/s | rerun cache hits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        cold, rerun = row["cold"], row["rerun"]
+        lines.append(
+            f"| {row['clients']} | {cold['items_per_second']:.1f} | {cold['p50_ms']:.0f} ms | "
+            f"{cold['p99_ms']:.0f} ms | {cold['lost']} | {cold['duplicated']} | {rerun['items_per_second']:.1f} | "
+            f"{100 * (rerun['cache_hit_rate'] or 0):.1f}% |"
+        )
     return [*lines, ""]
 
 
