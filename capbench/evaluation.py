@@ -20,7 +20,7 @@ from capbench import __version__
 from capbench.data import Benchmark
 from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response, preflight
 from capbench.engines.cache import CachedEngine, CallStats
-from capbench.errors import ConfigError, InputError
+from capbench.errors import CapbenchError, ConfigError, InputError
 from capbench.hashing import content_hash, sha256_text
 from capbench.metrics import describe
 from capbench.metrics.base import Metric
@@ -80,7 +80,7 @@ class ProgressEngine(EngineWrapper):
 
 @dataclass
 class RunResult:
-    """What one caption set's run produced."""
+    """What one caption set's run produced (the API turns it into a :class:`capbench.results.SetResult`)."""
 
     caption_set: str
     path: Path
@@ -91,26 +91,6 @@ class RunResult:
     resumed: dict[str, int] = field(default_factory=dict)
     retried: dict[str, int] = field(default_factory=dict)
     first_error: str | None = None
-
-    @property
-    def failed_share(self) -> float:
-        """Return the share of this session's judge calls that failed (0 when none was made)."""
-        calls = self.stats.get("judge_calls", 0)
-        return self.stats.get("failures", 0) / calls if calls else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (the ``--json`` output of one run)."""
-        return {
-            "caption_set": self.caption_set,
-            "results_dir": str(self.path),
-            "samples": self.samples,
-            "metrics": self.summaries,
-            "unscored": self.unscored,
-            "resumed_samples": self.resumed,
-            "retried_samples": self.retried,
-            **self.stats,
-            "first_error": self.first_error,
-        }
 
 
 def select_samples(benchmark: Benchmark, captions: CaptionSet, limit: int | None = None) -> list[Sample]:
@@ -325,7 +305,7 @@ class Evaluator:
         pending = [s for s in samples if s.id not in done]
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
-            scored = metric.score(batch, [Caption(s.id, captions.captions[s.id]) for s in batch], self.judges)
+            scored = _plugin_safe(metric, batch, [Caption(s.id, captions.captions[s.id]) for s in batch], self.judges)
             # the hash that tells a resumed run its captions are the scored ones (a plugin need not set it)
             scored = [
                 s if s.caption_sha256 else replace(s, caption_sha256=sha256_text(captions.captions[s.sample_id]))
@@ -364,6 +344,30 @@ class Evaluator:
             "status": status,
             "updated": _iso(time.time()),
         }
+
+
+def _plugin_safe(
+    metric: Metric, samples: Sequence[Sample], captions: Sequence[Caption], judges: Mapping[str, Engine]
+) -> list[SampleScore]:
+    """``metric.score``; a plugin's metric that raises is named with its package, not shown as a traceback.
+
+    Raises:
+        PluginError: a metric from outside capbench raised; the batches scored before it are kept.
+    """
+    try:
+        return metric.score(samples, captions, judges)
+    except CapbenchError:
+        raise
+    except Exception as exc:
+        module = type(metric).__module__
+        if module == "capbench" or module.startswith("capbench."):
+            raise
+        from capbench.registry import PluginError
+
+        raise PluginError(
+            f"metric {metric.name!r} (from {module}) failed while scoring ({type(exc).__name__}: {exc}); the "
+            "batches scored before it are saved: fix or update that package, then rerun to resume"
+        ) from exc
 
 
 def with_units(metric: Metric, scores: Sequence[SampleScore]) -> list[SampleScore]:

@@ -10,13 +10,12 @@ real run (not ``--dry-run``) calls once at its start.
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
-from capbench.engines import ENGINES, check_options, is_hub_id, local_model_folder, parse_engine
+from capbench.engines import check_options, engine_class, is_hub_id, local_model_folder, parse_engine
 from capbench.errors import ConfigError
 from capbench_rl.recipe import TRL_FIELDS, Recipe
 
@@ -102,8 +101,7 @@ def check_judges(recipe: Recipe) -> None:
             continue
         try:
             parsed = parse_engine(spec, options)
-            module, cls, _ = ENGINES[parsed.backend]
-            engine = getattr(importlib.import_module(module), cls)
+            engine = engine_class(parsed.backend)  # capbench's own or a plugin's, as capbench eval finds it
             check_options(engine, parsed)
         except ConfigError as exc:
             raise ConfigError(f"recipe field {name}: {exc}") from None

@@ -42,6 +42,8 @@ def main() -> None:
     """Train captioners with TRL's GRPOTrainer, rewarded by capbench's metrics (BalCapRL, c-GDPO)."""
     quiet_trl_vllm_warning()
     passive_openmp()
+    # capbench-rl's warnings say what to do in one line; the source line under them says nothing
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 @main.command("train")

@@ -199,13 +199,12 @@ def test_a_metric_registered_at_run_time_is_scored_printed_and_ranked(tmp_path: 
     assert rows[0]["model"] == "short"  # lower is better: the shortest captions first
 
 
-def test_a_metric_named_like_a_leaderboard_column_is_refused(monkeypatch):
+def test_a_metric_named_like_a_leaderboard_column_is_refused():
     from capbench import metrics
 
     class Words(WordCount):
         name = "words"
 
-    monkeypatch.setattr(metrics, "metric_class", lambda name: Words)
     with pytest.raises(capbench.ConfigError, match="reserved"):
         metrics.describe(Words)
 
@@ -268,3 +267,22 @@ KINDS = (
     "a served judge that is down, before captioning",
     "caption ids the benchmark lacks, before any judge",
 )
+
+
+class Boom(WordCount):
+    """A metric whose score() has a bug, as a plugin's might."""
+
+    name = "boom"
+
+    def score(self, samples: Sequence[Sample], captions: Sequence[Caption], judges: Any) -> list[SampleScore]:
+        raise ValueError("division by zero in the plugin")
+
+
+def test_a_plugin_metric_that_raises_is_one_line_naming_it_not_a_traceback(tmp_path: Path, monkeypatch):
+    from capbench import metrics
+
+    monkeypatch.setitem(metrics.METRICS, "boom", ("test_api", "Boom", "", "a broken metric"))
+    result = CliRunner().invoke(main, ["eval", "--example-captions", "-m", "boom", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "metric 'boom' (from test_api) failed while scoring (ValueError: division by zero" in error
