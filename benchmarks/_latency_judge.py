@@ -10,11 +10,17 @@ its one model) from a background thread. Each request:
   ones included): a server with more work than slots gets slower per request, so its throughput
   falls when overloaded;
 - is answered with a letter (A–D) chosen by a hash of its last message, as
-  ``tests/loopback_judge.letter_by_hash``: stable across runs, so CaptionQA and CapRL rewards work.
+  ``tests/loopback_judge.letter_by_hash``: stable across runs, so CaptionQA and CapRL rewards work;
+- with ``schema_answers``, a request that carries a JSON schema (``response_format``) is answered
+  with JSON that satisfies it, as capbench's fact stages ask: the caption's facts (one per 8 words
+  of the caption in the last message, at most the schema's ``maxItems`` or 16), a verdict or a match for each
+  numbered fact (``minItems`` of the schema), 1-10 ratings; the flags and ratings are chosen by a
+  hash of the request, so the answers are stable across runs and the BalCapRL rewards score.
 
-Tokens are counted roughly, as whitespace-separated words of the messages' text (the prompt) and
-of the reply (the output). Every request is counted by a hash of its messages, so a caller can
-tell whether any judge request was sent twice; ``GET /stats`` returns the counts.
+Tokens are counted roughly: the prompt as whitespace-separated words of the messages' text, the
+output as one token per 4 characters of the reply (at least 1). Every request is counted by a
+hash of its messages, so a caller can tell whether any judge request was sent twice; ``GET
+/stats`` returns the counts (and ``busy_s``, the modelled seconds of every request served).
 
 Settings (a dict, or a JSON or YAML file holding one; unknown keys are refused):
 
@@ -28,6 +34,9 @@ key                           default  meaning
 ``concurrency``               16       requests served at once; more wait for a slot
 ``overload_factor``           0.5      latency growth per ``concurrency`` requests in excess
 ``letters``                   ABCD     the letters a reply is chosen from
+``schema_answers``            false    answer JSON-schema requests with JSON that satisfies them
+``port``                      0        the port on 127.0.0.1 (0: any free one; a restarted judge
+                                       can take its old port back)
 ============================  =======  ==========================================================
 
 Run alone (``python benchmarks/_latency_judge.py [--config FILE]``), it prints one JSON line
@@ -58,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "concurrency": 16,
     "overload_factor": 0.5,
     "letters": "ABCD",
+    "schema_answers": False,
+    "port": 0,
 }
 
 
@@ -100,6 +111,99 @@ def words(messages: list[dict[str, Any]]) -> int:
     return count
 
 
+def output_tokens(text: str) -> int:
+    """Count a reply's tokens roughly: one per 4 characters, at least 1."""
+    return max(1, len(text) // 4)
+
+
+def request_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The JSON schema a chat-completions request asks its reply to follow, or None."""
+    form = body.get("response_format")
+    if not isinstance(form, Mapping):
+        return None
+    if form.get("type") == "json_schema":
+        spec = form.get("json_schema")
+        return spec.get("schema") if isinstance(spec, Mapping) else None
+    return form.get("schema") if isinstance(form.get("schema"), Mapping) else None
+
+
+def _last_text(messages: list[dict[str, Any]]) -> str:
+    content = messages[-1].get("content", "") if messages else ""
+    if not isinstance(content, str):
+        content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    # The caption between capbench's <caption> tags, where the prompt has them.
+    start, end = content.rfind("<caption>"), content.rfind("</caption>")
+    return content[start + len("<caption>") : end] if 0 <= start < end else content
+
+
+def schema_answer(schema: Mapping[str, Any], messages: list[dict[str, Any]]) -> Any:
+    """JSON that satisfies one of capbench's fact-stage schemas (or any simple one), chosen by a hash.
+
+    An array with a fixed length (``minItems == maxItems``: one entry per numbered fact) gets that
+    many entries; the facts array gets one fact per 8 words of the last message (at least
+    ``minItems``, at most ``maxItems`` or 16). Booleans and integers are drawn from a hash of the
+    last message and the entry's place; an ``id`` counts from 1; a ``reference`` names fact 1 or none.
+    """
+    text = _last_text(messages)
+    seed = hashlib.sha256(text.encode()).digest()
+
+    def bit(*where: Any) -> int:
+        return hashlib.sha256(seed + repr(where).encode()).digest()[0]
+
+    def value(node: Mapping[str, Any], path: tuple[Any, ...]) -> Any:
+        if "anyOf" in node:
+            options = list(node["anyOf"])
+            return value(options[bit(path, "any") % len(options)], path)
+        kind = node.get("type")
+        if kind == "object":
+            props = node.get("properties", {})
+            return {name: value(sub, (*path, name)) for name, sub in props.items()}
+        if kind == "array":
+            low, high = int(node.get("minItems", 0)), node.get("maxItems")
+            if high is not None and int(high) == low:
+                count = low
+            else:
+                words = text.split()
+                count = max(low, 1, min(int(high) if high is not None else 16, len(words) // 8))
+            return [entry(node.get("items", {}), (*path, i), i) for i in range(count)]
+        if kind == "boolean":
+            return bit(path) % 10 < 7  # mostly true, as a judge of decent captions says
+        if kind == "integer":
+            choices = node.get("enum")
+            return choices[bit(path) % len(choices)] if choices else 1
+        if kind == "null":
+            return None
+        if kind == "string":
+            return "x"
+        return None
+
+    def entry(node: Mapping[str, Any], path: tuple[Any, ...], index: int) -> Any:
+        if node.get("type") != "object":
+            return value(node, path)
+        out = value(node, path)
+        words = text.split()
+        if "id" in out:
+            out["id"] = index + 1
+        if "reference" in out:
+            out["reference"] = 1 if bit(path, "ref") % 2 else None
+        if "fact" in out:
+            chunk = words[index * 8 : index * 8 + 8] or ["something"]
+            out["fact"] = " ".join(chunk)[:300]
+            if "object" in out:
+                out["object"] = chunk[0][:40]
+        return out
+
+    return value(schema, ())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True  # a restarted judge takes its port back at once
+    # The listen backlog, read when the server binds: many clients connect at once (the default, 5,
+    # drops connections under a burst, which clients see as read errors).
+    request_queue_size = 512
+
+
 class LatencyJudge:
     """The judge, serving from a thread: ``base_url``, ``received`` (counts by message hash), ``stats()``."""
 
@@ -109,10 +213,9 @@ class LatencyJudge:
         self.received: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.busy = 0.0  # modelled seconds of every request served, queueing left out
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 512  # the listen backlog: many clients connect at once
+        self.server = _Server(("127.0.0.1", int(self.settings["port"])), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -121,21 +224,25 @@ class LatencyJudge:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def stats(self) -> dict[str, Any]:
-        """Requests received, distinct ones, those received more than once, and the most in flight at once."""
+        """Requests received, distinct ones, those received more than once, the most in flight at once, busy seconds."""
         with self.lock:
             return {
                 "received": sum(self.received.values()),
                 "distinct": len(self.received),
                 "repeated": sum(c - 1 for c in self.received.values()),
                 "max_in_flight": self.max_in_flight,
+                "busy_s": round(self.busy, 4),
             }
 
-    def reply(self, messages: list[dict[str, Any]]) -> tuple[str, float]:
-        """Answer one request as a served model would: wait for a slot, take the modelled time, name a letter."""
+    def reply(self, messages: list[dict[str, Any]], schema: Mapping[str, Any] | None = None) -> tuple[str, float]:
+        """Answer one request as a served model would: wait for a slot, take the modelled time, answer."""
         key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-        letters = str(self.settings["letters"])
-        letter = letters[hashlib.sha256(json.dumps(messages[-1], sort_keys=True).encode()).digest()[0] % len(letters)]
         s = self.settings
+        if schema is not None and s["schema_answers"]:
+            text = json.dumps(schema_answer(schema, messages))
+        else:
+            letters = str(s["letters"])
+            text = letters[hashlib.sha256(json.dumps(messages[-1], sort_keys=True).encode()).digest()[0] % len(letters)]
         with self.lock:
             self.received[key] += 1
             self.in_flight += 1
@@ -144,13 +251,16 @@ class LatencyJudge:
             with self.slots:
                 with self.lock:
                     excess = max(0, self.in_flight - s["concurrency"]) / s["concurrency"]
-                seconds = s["base_s"] + s["per_prompt_token_s"] * words(messages) + s["per_output_token_s"] * 1
+                seconds = s["base_s"] + s["per_prompt_token_s"] * words(messages)
+                seconds += s["per_output_token_s"] * output_tokens(text)
                 seconds *= 1 + s["overload_factor"] * excess
+                with self.lock:
+                    self.busy += seconds
                 time.sleep(seconds)
         finally:
             with self.lock:
                 self.in_flight -= 1
-        return letter, seconds
+        return text, seconds
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         judge = self
@@ -169,17 +279,23 @@ class LatencyJudge:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 messages = body["messages"]
-                letter, _ = judge.reply(messages)
-                prompt = words(messages)
+                text, _ = judge.reply(messages, request_schema(body))
+                prompt, output = words(messages), output_tokens(text)
+                n = max(1, int(body.get("n") or 1))
                 self._send(
                     {
                         "id": "latency",
                         "object": "chat.completion",
                         "model": body.get("model", judge.settings["model"]),
                         "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": letter}, "finish_reason": "stop"}
+                            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                            for i in range(n)
                         ],
-                        "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1},
+                        "usage": {
+                            "prompt_tokens": prompt,
+                            "completion_tokens": output,
+                            "total_tokens": prompt + output,
+                        },
                     }
                 )
 

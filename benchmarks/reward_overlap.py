@@ -1,76 +1,106 @@
-"""Reward wall time of one RL step: capbench-rl's rewards one after another, or at the same time.
+"""Reward wall time of one RL step against the critical path of its slowest rollout.
 
-Usage: python benchmarks/reward_overlap.py [--delays 0.1,0.5] [--repeats 3] [--rollouts 8]
+Usage: python benchmarks/reward_overlap.py [--concurrency 64,16] [--repeats 3] [--rollouts 8]
 Writes benchmarks/results/reward_overlap.json and .md.
 
-The judge behaves like a served model with room for every request: each batch it is sent
-answers after ``delay`` seconds, whatever its size, and calls from several threads run at once
-(``concurrent = True``, as the ``openai`` engine). Its answers are the truth written for
-capbench-mini (``tests/oracle_engine.py``) for the fact stages, and "A" for CapRL's questions.
+The judge is ``benchmarks/_latency_judge.py`` in a process of its own: an OpenAI-compatible
+server whose latency grows with prompt and output tokens, with a concurrency limit and overload
+(settings in :data:`JUDGE`), answering the fact stages with JSON that satisfies their schemas
+(``schema_answers``) and CapRL's questions with a letter. capbench reaches it through its
+``openai`` engine, as it would a vLLM server.
 
 One step's rewards are the BalCapRL three (precision, recall, linguistic masked to the length
-band [0.5, 2]) and CapRL's QA utility over ``rollouts`` rollouts of capbench-mini (the short and
-detailed example captions in turn, so some fall outside the band). TRL gathers a step's async
-rewards at once; "one at a time" awaits them in turn, which is what capbench-rl did before its
-rewards shared judge calls in flight (one scoring per judge set at a time).
+band [0.5, 2]) and CapRL's QA utility over ``rollouts`` rollouts of capbench-mini (the detailed
+and short example captions in turn, so decompositions differ in length, and some captions fall
+outside the band). Three schedules:
 
-The critical path is what one rollout needs in turn: BalCapRL's decomposition (with the
-caption's rating), then its matching and verification: 2 judge round trips. Figures are the
-median of ``repeats`` runs, each with a fresh judge-call cache.
+- *one at a time, stage by stage*: each reward awaited in turn, each fact stage one batch over
+  the whole step (what capbench-rl did before its rewards shared judge calls in flight);
+- *together, stage by stage*: the rewards at once, but a caption's matching and verification
+  wait for the whole batch's decompositions (``capbench.metrics.facts.STREAM_PER_CAPTION = False``);
+- *together, per caption*: the rewards at once, and each caption's matching and verification sent
+  as soon as its own decomposition returns (capbench's default).
+
+The critical path is measured, not modelled: each rollout's rewards are run alone (a fresh
+cache, the server otherwise idle, the third schedule; the median of ``repeats`` runs), and the
+step cannot finish before the slowest of them. At a concurrency below the step's width the
+server's work is the other bound: its busy seconds (modelled service time of every request,
+queueing left out) over its concurrency. Figures are the median of ``repeats`` runs, each with a fresh judge-call cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from _report import save  # noqa: E402
-from oracle_engine import OracleEngine  # noqa: E402
 
 import capbench  # noqa: E402
-from capbench import engines  # noqa: E402
-from capbench.engines.base import OnResult, Request, Response  # noqa: E402
+from capbench.metrics import facts  # noqa: E402
 from capbench.records import read_caption_file  # noqa: E402
 from capbench_rl import rewards  # noqa: E402
 
-DELAY = {"seconds": 0.1}
-ROUND_TRIPS = 2  # decomposition (with rating), then matching and verification
+#: The judge server's latency model (see benchmarks/_latency_judge.py); concurrency is swept.
+JUDGE = {
+    "base_s": 0.05,
+    "per_prompt_token_s": 0.0001,
+    "per_output_token_s": 0.003,
+    "overload_factor": 0.5,
+    "schema_answers": True,
+}
+SCHEDULES = {
+    "one at a time, stage by stage": (False, False),
+    "together, stage by stage": (True, False),
+    "together, per caption": (True, True),
+}
 
 
-class ServedJudge(OracleEngine):
-    """The oracle, answering each batch after a fixed delay, safe to call from several threads."""
+@contextmanager
+def judge_server(concurrency: int) -> Iterator[str]:
+    """Start the latency judge in its own process; yield its base URL."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+        json.dump({**JUDGE, "concurrency": concurrency}, file)
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "_latency_judge.py"), "--config", file.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())["base_url"]
+    finally:
+        process.kill()
+        process.wait()
+        Path(file.name).unlink()
 
-    backend = "served"
-    concurrent = True
 
-    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
-        time.sleep(DELAY["seconds"])
-        facts = [r for r in requests if r.messages[0].joined_text() in self.stage_of]
-        answered = dict(zip((id(r) for r in facts), super().run(facts), strict=True)) if facts else {}
-        out = [answered.get(id(r), Response(texts=("A",) * r.sampling.n)) for r in requests]
-        if on_result is not None:
-            for index, response in enumerate(out):
-                on_result(index, response)
-        return out
+def judge_stats(base_url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(base_url.removesuffix("/v1") + "/stats").json()
 
 
 def step_inputs(rollouts: int) -> tuple[list[str], dict[str, Any]]:
     """Completions and TRL's dataset columns for ``rollouts`` rollouts of capbench-mini."""
     bench = capbench.load_benchmark("mini")
     sets = {n: dict(read_caption_file(p).captions) for n, p in bench.example_captions.items()}
-    samples = [s for s in bench.samples if s.questions][:rollouts]
+    samples = [s for s in bench.samples if s.questions]
+    samples = [samples[i % len(samples)] for i in range(rollouts)]
     captions = [sets["short" if i % 2 else "detailed"][s.id] for i, s in enumerate(samples)]
     columns = {
         "sample_id": [s.id for s in samples],
@@ -82,79 +112,117 @@ def step_inputs(rollouts: int) -> tuple[list[str], dict[str, Any]]:
     return captions, columns
 
 
-def reward_functions(cache: Path) -> list[Any]:
+def reward_functions(base_url: str, concurrency: int, cache: Path) -> list[Any]:
     """The step's four rewards, with a judge set of their own (a fresh cache)."""
-    setup = rewards.JudgeSetup(judge="served:truth", fact_protocol="official", cache=str(cache))
+    setup = rewards.JudgeSetup(
+        judge="openai:latency",
+        judge_options=(f"base_url={base_url}", f"concurrency={concurrency}", "max_retries=0"),
+        fact_protocol="official",
+        cache=str(cache),
+    )
     return [
         *rewards.balcap_rewards(setup),
         rewards.reward(rewards.caprl_qa_utility, setup=setup, metric_options=(("answer_mode", "letter"),)),
     ]
 
 
-async def one_step(funcs: list[Any], captions: list[str], columns: dict[str, Any], together: bool) -> None:
+async def one_step(funcs: list[Any], captions: list[str], columns: dict[str, Any], together: bool) -> list[Any]:
     prompts = ["Describe this image."] * len(captions)
-    calls = [lambda f=f: f(prompts, captions, **columns) for f in funcs]
     if together:
-        await asyncio.gather(*(call() for call in calls))
-    else:
-        for call in calls:
-            await call()
+        return list(await asyncio.gather(*(f(prompts, captions, **columns) for f in funcs)))
+    return [await f(prompts, captions, **columns) for f in funcs]
 
 
-def measure(delay: float, together: bool, repeats: int, rollouts: int) -> dict[str, Any]:
-    DELAY["seconds"] = delay
-    captions, columns = step_inputs(rollouts)
-    times, calls = [], []
-    for _ in range(repeats):
+def timed_step(
+    base_url: str, concurrency: int, captions: list[str], columns: dict[str, Any], together: bool, stream: bool
+) -> tuple[float, list[Any]]:
+    """Seconds of one step's rewards (a fresh cache), and the rewards."""
+    facts.STREAM_PER_CAPTION = stream
+    try:
         with tempfile.TemporaryDirectory() as folder:
-            funcs = reward_functions(Path(folder) / "cache.sqlite")
+            funcs = reward_functions(base_url, concurrency, Path(folder) / "cache.sqlite")
             started = time.perf_counter()
-            asyncio.run(one_step(funcs, captions, columns, together))
-            times.append(time.perf_counter() - started)
-            calls.append(rewards.judge_usage()["calls"])
+            values = asyncio.run(one_step(funcs, captions, columns, together))
+            seconds = time.perf_counter() - started
             rewards._RUNTIMES.clear()
-    seconds = statistics.median(times)
-    return {
-        "delay": delay,
-        "mode": "together" if together else "one at a time",
-        "seconds": round(seconds, 3),
-        "critical_path": ROUND_TRIPS * delay,
-        "over_critical_path": round(seconds / (ROUND_TRIPS * delay), 2),
-        "judge_calls": calls[-1],
-        "runs": [round(t, 3) for t in times],
-    }
+    finally:
+        facts.STREAM_PER_CAPTION = True
+    return seconds, values
+
+
+def critical_path(
+    base_url: str, concurrency: int, captions: list[str], columns: dict[str, Any], repeats: int
+) -> list[float]:
+    """Each rollout's reward time when it is the only one (its own critical path at this server), a median."""
+    alone = []
+    for i in range(len(captions)):
+        one = {k: v[i : i + 1] for k, v in columns.items()}
+        runs = [timed_step(base_url, concurrency, captions[i : i + 1], one, True, True)[0] for _ in range(repeats)]
+        alone.append(statistics.median(runs))
+    return alone
+
+
+def measure(concurrency: int, repeats: int, rollouts: int) -> list[dict[str, Any]]:
+    captions, columns = step_inputs(rollouts)
+    with judge_server(concurrency) as base_url:
+        path = critical_path(base_url, concurrency, captions, columns, repeats)
+        rows, reference = [], None
+        for schedule, (together, stream) in SCHEDULES.items():
+            times, busy = [], []
+            for _ in range(repeats):
+                before = judge_stats(base_url)
+                seconds, values = timed_step(base_url, concurrency, captions, columns, together, stream)
+                after = judge_stats(base_url)
+                times.append(seconds)
+                busy.append(after["busy_s"] - before["busy_s"])
+                reference = reference or values
+                assert values == reference, "a schedule changed the rewards"
+            seconds, work = statistics.median(times), statistics.median(busy) / concurrency
+            rows.append({
+                "concurrency": concurrency,
+                "schedule": schedule,
+                "seconds": round(seconds, 3),
+                "critical_path": round(max(path), 3),
+                "over_critical_path": round(seconds / max(path), 2),
+                "work_bound": round(work, 3),
+                "over_best_bound": round(seconds / max(max(path), work), 2),
+                "runs": [round(t, 3) for t in times],
+                "alone": [round(t, 3) for t in path],
+            })  # fmt: skip
+        failed = sum(v is None for reward in reference or [] for v in reward)
+        for row in rows:
+            row["failed_rewards"] = failed
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--delays", default="0.1,0.5", help="seconds per judge round trip, comma-separated")
+    parser.add_argument("--concurrency", default="64,16", help="judge server concurrencies to sweep, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (the median counts)")
     parser.add_argument("--rollouts", type=int, default=8, help="rollouts in the step")
     args = parser.parse_args()
-    engines.ENGINES["served"] = ("__main__", "ServedJudge", "oracle with a fixed round trip (benchmark)")
-    rows = [
-        measure(float(d), together, args.repeats, args.rollouts)
-        for d in args.delays.split(",")
-        for together in (False, True)
-    ]
+    rows = [row for c in args.concurrency.split(",") for row in measure(int(c), args.repeats, args.rollouts)]
     lines = [
         "# Reward wall time of one RL step (BalCapRL's three rewards + CapRL's QA utility)",
         "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}. "
-        f"{args.rollouts} rollouts of capbench-mini; "
-        "a judge that answers every batch after a fixed round trip, any number at once (a served model with room); "
-        f"median of {args.repeats} runs, each with a fresh cache. Critical path: {ROUND_TRIPS} round trips "
-        "(decomposition with rating, then matching and verification). `python benchmarks/reward_overlap.py`.",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}. {args.rollouts} rollouts of "
+        "capbench-mini (detailed and short captions in turn); judge: `benchmarks/_latency_judge.py` in its own "
+        f"process, {json.dumps(JUDGE)}, reached through capbench's `openai` engine at the server's concurrency. "
+        "Critical path: the slowest rollout's rewards run alone (measured, median of the repeats). Work bound: "
+        f"the server's busy seconds over its concurrency. Median of {args.repeats} runs, each with a fresh cache; "
+        "every schedule gave the same rewards. `python benchmarks/reward_overlap.py`.",
         "",
-        "| round trip | rewards | step's reward time | × critical path | judge calls |",
-        "|---|---|---|---|---|",
+        "| server concurrency | rewards, fact stages | step's reward time | critical path | × critical path "
+        "| work bound | × best bound |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['delay']:.1f} s | {row['mode']} | {row['seconds']:.2f} s | {row['over_critical_path']:.2f} | "
-            f"{row['judge_calls']} |"
+            f"| {row['concurrency']} | {row['schedule']} | {row['seconds']:.2f} s | {row['critical_path']:.2f} s | "
+            f"{row['over_critical_path']:.2f} | {row['work_bound']:.2f} s | {row['over_best_bound']:.2f} |"
         )
-    save("reward_overlap", {"rollouts": args.rollouts, "repeats": args.repeats, "rows": rows}, "\n".join(lines))
+    report = {"rollouts": args.rollouts, "repeats": args.repeats, "judge": JUDGE, "rows": rows}
+    save("reward_overlap", report, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -216,3 +216,158 @@ def test_official_style_templates(tmp_path):
     text = pipeline.match_request([Fact("A cat.", "cat_0")], ["There is a cat."]).messages[-1].joined_text()
     assert '{"fact": "A cat.", "identifier": "cat_0"}' in text
     assert '{"id": 0, "fact": "There is a cat."}' in text
+
+
+# ---------------------------------------------------------------- a caption's second stage, sent at once
+
+
+class ThreadedEngine:
+    """A served judge: ``concurrent = True``; each request answered on its own thread after its delay.
+
+    ``delay(request)`` gives the seconds; ``events`` records (time, "sent"/"done", stage, caption).
+    """
+
+    backend = "threaded"
+    accepts_images = True
+    supports_loglik = False
+    concurrent = True
+
+    def __init__(self, reply, delay=lambda request: 0.0) -> None:
+        import threading
+
+        self.reply, self.delay = reply, delay
+        self.events: list[tuple[float, str, str, str]] = []
+        self.lock = threading.Lock()
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.backend, "model": "threaded"}
+
+    def run(self, requests, on_result=None):
+        import queue
+        import threading
+        import time
+
+        done: queue.Queue = queue.Queue()
+
+        def answer(index, request):
+            label = (_stage_of(request), request.messages[-1].joined_text())
+            with self.lock:
+                self.events.append((time.perf_counter(), "sent", *label))
+            time.sleep(self.delay(request))
+            reply = self.reply(request)
+            response = reply if isinstance(reply, Response) else Response(texts=(reply,) * request.sampling.n)
+            with self.lock:
+                self.events.append((time.perf_counter(), "done", *label))
+            done.put((index, response))
+
+        for index, request in enumerate(requests):
+            threading.Thread(target=answer, args=(index, request), daemon=True).start()
+        out = [None] * len(requests)
+        for _ in requests:
+            index, response = done.get()
+            out[index] = response
+            if on_result is not None:
+                on_result(index, response)
+        return out
+
+
+def _stage_of(request) -> str:
+    system = request.messages[0].joined_text()
+    for key, stage in (("split image captions", "decompose"), ("check statements", "verify"),
+                       ("align two lists", "match")):  # fmt: skip
+        if key in system:
+            return stage
+    return "linguistic"
+
+
+def _mixed_reply(request):
+    """Good replies, except for caption 'cap c': facts without their flag, and its rating failed."""
+    text = request.messages[-1].joined_text()
+    if "cap c" in text and _stage_of(request) == "linguistic":
+        return Response(error="served: timeout")
+    if "cap c" in text and _stage_of(request) == "decompose":
+        return json.dumps({"facts": [{"fact": "A cat.", "object": "cat_0"}, {"fact": "It is calm.", "object": "x"}]})
+    return _stage_reply(request)
+
+
+def _samples():
+    return [
+        Sample("a", ImageRef("/x/a.png", "a" * 64), "A grey cat.", ("There is a cat.",)),
+        Sample("b", ImageRef("/x/b.png", "b" * 64), "A cat on a mat."),  # its reference is decomposed
+        Sample("c", ImageRef("/x/c.png", "c" * 64), "A cat.", ("A cat.", "A mat.")),
+    ]
+
+
+@pytest.mark.parametrize("with_vision", [False, True])
+def test_streamed_second_stage_gives_the_same_judgments_as_stage_by_stage(monkeypatch, with_vision):
+    from capbench.metrics import facts
+
+    def judgments(stream):
+        monkeypatch.setattr(facts, "STREAM_PER_CAPTION", stream)
+        judges = {"text": ThreadedEngine(_mixed_reply, delay=lambda r: 0.001)}
+        if with_vision:
+            judges["vision"] = ThreadedEngine(_mixed_reply)
+        out = FactPipeline(FactConfig.preset("greedy")).run(_samples(), ["cap a", "cap b", "cap c"], judges, True)
+        return [(j.log(), j.references, j.error(True)) for j in out]
+
+    streamed, batched = judgments(True), judgments(False)
+    assert streamed == batched
+    # the records are not trivially equal: caption c has failures, recorded in the same order
+    assert [f["stage"] for f in streamed[2][0]["failures"]] == ["decompose", "linguistic"]
+    assert streamed[2][2] == "linguistic rating failed" and streamed[1][1] == ("A cat.", "It is calm.")
+
+
+def test_a_captions_checks_do_not_wait_for_the_slowest_decomposition():
+    # caption 0's decomposition takes 0.6 s, every other request 0.01 s
+    def delay(request):
+        return 0.6 if _stage_of(request) == "decompose" and "cap 0" in request.messages[-1].joined_text() else 0.01
+
+    judge = ThreadedEngine(_stage_reply, delay)
+    samples = [Sample(str(i), None, "A grey cat.", ("There is a cat.",)) for i in range(4)]
+    out = FactPipeline(FactConfig.preset("greedy")).run(samples, [f"cap {i}" for i in range(4)], {"text": judge})
+    assert all(j.error() is None for j in out)
+    slow_done = next(t for t, kind, stage, text in judge.events if kind == "done" and "cap 0" in text)
+    checks_sent = [t for t, kind, stage, _ in judge.events if kind == "sent" and stage in ("match", "verify")]
+    assert len(checks_sent) == 8  # a match and a verification per caption
+    # captions 1-3 were matched and verified while caption 0 was still being decomposed
+    assert sum(t < slow_done for t in checks_sent) == 6
+
+
+def test_stage_by_stage_for_judges_that_cannot_share_threads():
+    # ScriptedEngine has no `concurrent`: the second stage is one batch, as an in-process model prefers
+    judge = ScriptedEngine(_stage_reply)
+    batches = []
+    original = judge.run
+    judge.run = lambda requests, on_result=None: batches.append(len(requests)) or original(requests, on_result)
+    samples = [Sample(str(i), None, "A grey cat.", ("There is a cat.",)) for i in range(3)]
+    FactPipeline(FactConfig.preset("greedy")).run(samples, ["a", "b", "c"], {"text": judge})
+    assert batches == [3, 6]
+
+
+def test_a_judge_error_in_a_captions_checks_is_raised_and_no_worker_is_left(monkeypatch):
+    import threading
+
+    from capbench.errors import EngineError
+
+    class Down(ThreadedEngine):
+        def run(self, requests, on_result=None):
+            if any(_stage_of(r) == "verify" for r in requests):
+                raise EngineError("served: the judge server went away")
+            return super().run(requests, on_result)
+
+    before = {t.name for t in threading.enumerate()}
+    samples = [Sample(str(i), None, "A grey cat.", ("There is a cat.",)) for i in range(3)]
+    with pytest.raises(EngineError, match="went away"):
+        FactPipeline(FactConfig.preset("greedy")).run(samples, ["a", "b", "c"], {"text": Down(_stage_reply)})
+    left = {t.name for t in threading.enumerate()} - before
+    assert not any(name.startswith("capbench-facts") for name in left)
+
+
+def test_wrapped_engines_are_seen_through():
+    from capbench.engines.base import EngineWrapper
+    from capbench.engines.cache import CachedEngine
+    from capbench.metrics.facts import concurrent
+
+    served = ThreadedEngine(_stage_reply)
+    assert concurrent(CachedEngine(EngineWrapper(served), None))
+    assert not concurrent(CachedEngine(ScriptedEngine(), None))

@@ -1,7 +1,11 @@
 """The engine for any OpenAI-compatible server: vLLM serve, SGLang, llama.cpp's server, OpenAI.
 
 Requests go to ``POST {base_url}/chat/completions`` over ``httpx``, spread over one or more base
-URLs that serve the same model, each with its own concurrency limit. Transient failures (429,
+URLs that serve the same model, each with its own concurrency limit. The limit holds for the
+engine as a whole: every run, from whichever thread or event loop, is carried out on the engine's
+one event loop (a daemon thread started on first use, one per process), through one HTTP client
+whose connections are reused, so twenty threads judging at once still keep at most
+``concurrency`` requests in flight at each server. Transient failures (429,
 5xx, timeouts, lost connections, a 200 whose body is not a JSON object) are retried with capped
 exponential backoff and full jitter, honouring ``Retry-After``; any other 4xx fails the request
 at once. A request that still fails becomes a response with ``error`` set: nothing is raised
@@ -29,20 +33,23 @@ that can and cannot see, and ``revision=`` to pin it by hand.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import queue
 import random
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+from capbench.engines import http_loop
 from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, OnResult, Request, Response
+from capbench.engines.http_loop import EndpointStats, Loop, Pool
 from capbench.engines.images import data_url
 from capbench.errors import ConfigError, EngineError, MissingDependencyError
 
@@ -124,36 +131,14 @@ class _Failure:
     rejected_format: bool = False
 
 
-class _Pool:
-    """Base URLs with one concurrency limit each; a call goes to the least busy one."""
-
-    def __init__(self, urls: tuple[str, ...], concurrency: int) -> None:
-        self.urls = urls
-        self.busy = [0] * len(urls)  # calls holding or waiting for each endpoint's slots
-        self.limits = [asyncio.Semaphore(concurrency) for _ in urls]
-        self.next = 0
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[str]:
-        """Hold a slot on the least busy endpoint (round robin among ties) and yield its URL."""
-        count = len(self.urls)
-        index = min(((self.next + k) % count for k in range(count)), key=lambda i: self.busy[i])
-        self.next = (index + 1) % count
-        self.busy[index] += 1
-        try:
-            async with self.limits[index]:
-                yield self.urls[index]
-        finally:
-            self.busy[index] -= 1
-
-
 @dataclass
 class _RunState:
     """What one run shares between its requests."""
 
     client: httpx.AsyncClient
-    pool: _Pool
+    pool: Pool
     key: str
+    headers: dict[str, str]
     images: dict[str, str] = field(default_factory=dict)
 
 
@@ -162,7 +147,7 @@ class OpenAIEngine:
 
     backend = "openai"
     supports_loglik = False
-    #: Safe to call from several threads at once: each call runs its own requests on the server.
+    #: Safe to call from several threads at once: all calls share the engine's loop and limits.
     concurrent = True
 
     def __init__(
@@ -209,6 +194,12 @@ class OpenAIEngine:
         #: What kept the server from being seen: unreachable, refused (401/403), unlisted, unsupported.
         self.server_fault: str | None = None
         self._fingerprint: dict[str, Any] | None = None
+        #: The event loop, client and pool every run shares, started on first use (see :class:`Loop`).
+        self._shared: Loop | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loop, thread and client do not travel: an unpickled engine starts its own.
+        return {**self.__dict__, "_shared": None}
 
     def __repr__(self) -> str:
         return f"OpenAIEngine(model={self.model!r}, base_url={','.join(self.base_urls)!r})"
@@ -290,72 +281,116 @@ class OpenAIEngine:
             )
 
     def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
-        """Answer a batch; works with or without an event loop running in this thread."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.arun(requests, on_result))
-        return self._run_in_thread(requests, on_result)
+        """Answer a batch on the engine's loop and wait for it; call ``on_result`` in this thread.
 
-    def _run_in_thread(self, requests: Sequence[Request], on_result: OnResult | None) -> list[Response]:
-        """Run the batch on a worker thread's own loop; call ``on_result`` from this thread."""
+        Works from any thread, with or without an event loop running in it (a running loop waits,
+        as for any blocking call). A caller that gives up (an exception in ``on_result``,
+        KeyboardInterrupt) cancels its own batch's requests; other callers' go on.
+
+        Raises:
+            EngineError: the engine was closed while the batch ran, or ``run`` was called on the
+                engine's own loop (await :meth:`arun` there).
+        """
+        if not requests:
+            return []
+        shared = self._shared
+        if shared is not None and threading.current_thread() is shared.thread:
+            raise EngineError(f"{self!r}.run() would wait for its own event loop: await arun() there")
         done: queue.Queue[tuple[int, Response] | None] = queue.Queue()
-        box: dict[str, Any] = {}
-
-        async def main() -> list[Response]:
-            box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
-            return await self.arun(requests, lambda index, response: done.put((index, response)))
-
-        def work() -> None:
-            try:
-                box["out"] = asyncio.run(main())
-            except BaseException as exc:  # handed to the calling thread, which raises it
-                box["error"] = exc
-            finally:
-                done.put(None)
-
-        thread = threading.Thread(target=work, name="capbench-openai", daemon=True)
-        thread.start()
+        future = self._submit(requests, lambda index, response: done.put((index, response)))
+        future.add_done_callback(lambda _: done.put(None))
         try:
             while (item := done.get()) is not None:
                 if on_result is not None:
                     on_result(*item)
         except BaseException:
-            if "task" in box:  # the caller gave up: stop sending
-                box["loop"].call_soon_threadsafe(box["task"].cancel)
+            future.cancel()
             raise
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["out"]
+        if future.cancelled():
+            raise EngineError(f"{self!r} was closed while a batch was running")
+        return future.result()
 
     async def arun(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
-        """Answer a batch concurrently; call ``on_result`` as each request completes."""
+        """Answer a batch on the engine's loop; call ``on_result`` on the awaiting loop as each request completes.
+
+        Raises:
+            EngineError: the engine was closed while the batch ran.
+        """
         if not requests:
             return []
+        loop = asyncio.get_running_loop()
+        shared = self._shared
+        if shared is not None and loop is shared.loop:  # already on the engine's loop: nothing to hand over
+            return await self._batch(shared, requests, on_result)
+        done: asyncio.Queue[tuple[int, Response] | None] = asyncio.Queue()
+
+        def deliver(index: int, response: Response) -> None:  # on the engine's loop: hand over to this one
+            loop.call_soon_threadsafe(done.put_nowait, (index, response))
+
+        future = asyncio.wrap_future(self._submit(requests, deliver))
+        future.add_done_callback(lambda _: done.put_nowait(None))
+        try:
+            while (item := await done.get()) is not None:
+                if on_result is not None:
+                    on_result(*item)
+        except BaseException:
+            future.cancel()
+            raise
+        if future.cancelled():
+            raise EngineError(f"{self!r} was closed while a batch was running")
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the engine's loop and close its HTTP client; a later run starts them again.
+
+        Batches still running are cancelled (their callers get an :class:`EngineError`).
+        """
+        shared = self._shared
+        if shared is not None:
+            shared.stop()
+
+    def server_stats(self) -> dict[str, dict[str, float]]:
+        """Return, per base URL, what this process sent it over all runs, close() included.
+
+        Each holds ``requests`` (HTTP calls, retries included), ``retries``, ``errors`` (calls that
+        failed after any retries), ``seconds`` (waiting for replies, summed over concurrent calls),
+        and ``in_flight`` now and ``peak_in_flight`` since the first run.
+        """
+        shared = self._shared
+        if shared is None or shared.pid != os.getpid():
+            return {url: asdict(EndpointStats()) for url in self.base_urls}
+        return {url: asdict(stats) for url, stats in shared.pool.stats.items()}
+
+    def _submit(self, requests: Sequence[Request], on_result: OnResult) -> concurrent.futures.Future[list[Response]]:
+        """Schedule a batch on the engine's loop, starting one if this process has none running."""
+        with http_loop.LOCK:
+            shared = self._shared
+            if shared is None or shared.closed or shared.pid != os.getpid():
+                # Statistics outlive close(), not a fork: a child counts its own calls.
+                kept = shared.pool.stats if shared is not None and shared.pid == os.getpid() else None
+                shared = self._shared = Loop(self.base_urls, self.concurrency, self.timeout, kept)
+                # An engine dropped without close() ends its loop too; from the collector, without waiting.
+                weakref.finalize(self, shared.stop, False)
+            return shared.submit(self._batch(shared, requests, on_result))
+
+    async def _batch(self, shared: Loop, requests: Sequence[Request], on_result: OnResult | None) -> list[Response]:
+        """Answer a batch concurrently on the engine's loop; call ``on_result`` as each request completes."""
         key = os.environ.get(self.api_key_env, "")
         # Servers without authentication (local vLLM, llama.cpp) get no Authorization header.
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        slots = self.concurrency * len(self.base_urls)
-        client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
-        )
+        state = _RunState(shared.client, shared.pool, key, headers)
         out: list[Response] = [Response(error="openai: not run")] * len(requests)
-        async with client:
-            state = _RunState(client, _Pool(self.base_urls, self.concurrency), key)
-            tasks = [asyncio.create_task(self._indexed(state, i, r)) for i, r in enumerate(requests)]
-            try:
-                for next_done in asyncio.as_completed(tasks):
-                    index, response = await next_done
-                    out[index] = response
-                    if on_result is not None:
-                        on_result(index, response)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [asyncio.create_task(self._indexed(state, i, r)) for i, r in enumerate(requests)]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                index, response = await next_done
+                out[index] = response
+                if on_result is not None:
+                    on_result(index, response)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return out
 
     async def _indexed(self, state: _RunState, index: int, request: Request) -> tuple[int, Response]:
@@ -435,10 +470,10 @@ class OpenAIEngine:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self._delay(attempt - 1, failure.retry_after))
-            async with state.pool.slot() as url:
+            async with state.pool.slot(retry=attempt > 0) as url:
                 self.calls_per_endpoint[url] += 1
                 try:
-                    reply = await state.client.post(f"{url}/chat/completions", json=body)
+                    reply = await state.client.post(f"{url}/chat/completions", json=body, headers=state.headers)
                 except httpx.TransportError as exc:
                     # Bad URLs and local protocol misuse will fail the same way again.
                     fatal = isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
@@ -456,8 +491,11 @@ class OpenAIEngine:
                     else:
                         failure = _http_failure(reply, url, "response_format" in body)
             if not failure.retryable:
-                return failure
-        return _Failure(f"{failure.message} (gave up after {self.max_retries + 1} attempts)", retryable=False)
+                break
+        else:
+            failure = _Failure(f"{failure.message} (gave up after {self.max_retries + 1} attempts)", retryable=False)
+        state.pool.stats[url].errors += 1
+        return failure
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

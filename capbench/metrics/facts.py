@@ -1,6 +1,6 @@
 """The shared fact pipeline behind DCScore and the BalCapRL rewards.
 
-Stages, each one batched ``engine.run`` over all items:
+Stages:
 
 1. *decompose* each caption into atomic facts (object identifier, descriptive flag), and, for
    samples without human reference facts, their reference caption too; *rate* each caption's
@@ -8,6 +8,13 @@ Stages, each one batched ``engine.run`` over all items:
 2. *match* each caption fact to one reference fact or none, and *verify* each caption fact
    (correct? pointable?) from the reference caption, and the image when a vision judge is
    given.
+
+The first stage is one batched ``engine.run`` over all items. With judges that can be called
+from several threads at once (``concurrent = True``: served models, the ``openai`` engine), a
+caption's second stage is sent as soon as its own decomposition (and its reference's) returns,
+not when the whole batch's has: the slowest decomposition of a batch no longer holds back every
+verification (:data:`STREAM_PER_CAPTION`). An in-process model gets the second stage as one
+batch, which is what it runs fastest. The requests, and so the judgments, are the same either way.
 
 Every metric that needs facts calls the same stages with the same requests, so a caption
 decomposed for DCScore is not decomposed again for BalCapRL: the judge-call cache answers.
@@ -19,7 +26,9 @@ that does not exist), which is recorded as a failure although its reading is use
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -41,6 +50,14 @@ from capbench.metrics.templates import load_template
 from capbench.records import Caption, Sample, SampleScore
 
 RATINGS = ("clarity", "fluency", "coherence")
+
+#: Send each caption's matching and verification as soon as its own decomposition returns, where
+#: the judges can be called from several threads (False: the whole batch's second stage at once,
+#: as before; a benchmark switch, it changes when requests are sent, never what they are).
+STREAM_PER_CAPTION = True
+
+#: The most captions whose second stage waits on the judges at once (each holds a thread).
+MAX_CAPTIONS_IN_FLIGHT = 128
 
 
 @dataclass
@@ -258,9 +275,103 @@ class FactPipeline:
         if vision is not None and not vision.accepts_images:
             raise ConfigError(f"the vision judge ({vision.backend}) cannot read images; choose one that can")
         out = [FactJudgments(verify_mode="image" if vision is not None else "reference") for _ in samples]
-        self._first_stage(samples, captions, text_judge, out, linguistic)
-        self._second_stage(samples, text_judge, vision, out)
+        if STREAM_PER_CAPTION and concurrent(text_judge) and (vision is None or concurrent(vision)):
+            self._streamed(samples, captions, text_judge, vision, out, linguistic)
+        else:
+            self._first_stage(samples, captions, text_judge, out, linguistic)
+            self._second_stage(samples, text_judge, vision, out)
         return out
+
+    def _streamed(
+        self,
+        samples: Sequence[Sample],
+        captions: Sequence[str],
+        judge: Engine,
+        vision: Engine | None,
+        out: list[FactJudgments],
+        rate: bool,
+    ) -> None:
+        """Both stages, a caption's second one sent as soon as its first-stage inputs are back.
+
+        The first stage is the batch :meth:`_first_stage` sends; each reply is read as the engine
+        reports it, and a caption whose decomposition (and reference decomposition) are read gets
+        its matching and verification on a worker thread at once. Failures are recorded in the
+        order the stage-by-stage path records them, so the per-sample records are the same.
+        """
+        refs_needed = {i for i, s in enumerate(samples) if not s.reference_facts and s.reference_caption.strip()}
+        owners = [(i, "decompose") for i in range(len(captions))]
+        owners += [(i, "decompose_reference") for i in sorted(refs_needed)]
+        owners += [(i, "linguistic") for i in range(len(captions))] if rate else []
+        requests = [
+            self.rating_request(captions[i]) if stage == "linguistic"
+            else self.decompose_request(samples[i].reference_caption if stage == "decompose_reference" else captions[i])
+            for i, stage in owners
+        ]  # fmt: skip
+        for i, sample in enumerate(samples):
+            if i not in refs_needed:
+                out[i].references = tuple(sample.reference_facts)
+        first: list[dict[str, list[dict[str, Any]]]] = [
+            {"decompose": [], "decompose_reference": [], "linguistic": []} for _ in samples
+        ]
+        second: list[list[dict[str, Any]]] = [[] for _ in samples]
+        waiting = [2 if i in refs_needed else 1 for i in range(len(samples))]
+        read: set[int] = set()
+        lock = threading.Lock()
+        jobs: list[Future[None]] = []
+        pool = ThreadPoolExecutor(max(1, min(len(samples), MAX_CAPTIONS_IN_FLIGHT)), "capbench-facts")
+
+        def take(index: int, reply: Response) -> None:
+            with lock:
+                if index in read:  # the engine's report, then the returned list: read once
+                    return
+                read.add(index)
+            i, stage = owners[index]
+            judgment = out[i]
+            if stage == "linguistic":
+                judgment.ratings = self._parse_ratings(reply, first[i][stage])
+                return
+            facts = self._parse_facts(reply, first[i][stage], stage)
+            if stage == "decompose":
+                judgment.facts = facts
+            else:
+                judgment.references = tuple(f.text for f in facts or ())
+            with lock:
+                waiting[i] -= 1
+                ready = waiting[i] == 0
+            if ready and judgment.facts and judgment.references:
+                jobs.append(pool.submit(self._check_one, samples[i], judgment, judge, vision, second[i]))
+
+        try:
+            replies = judge.run(requests, take)
+            for index, reply in enumerate(replies):  # any reply the engine did not report as it came
+                take(index, reply)
+            for job in jobs:
+                job.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for judgment, stages, rest in zip(out, first, second, strict=True):
+            judgment.failures = [*stages["decompose"], *stages["decompose_reference"], *stages["linguistic"], *rest]
+
+    def _check_one(
+        self,
+        sample: Sample,
+        judgment: FactJudgments,
+        judge: Engine,
+        vision: Engine | None,
+        failures: list[dict[str, Any]],
+    ) -> None:
+        """Match and verify one decomposed caption (the two requests at once)."""
+        facts = judgment.facts or ()
+        match = self.match_request(facts, judgment.references)
+        verify = self.verify_request(sample, facts, vision is not None)
+        if vision is None:
+            m_reply, v_reply = judge.run([match, verify])
+        else:
+            with ThreadPoolExecutor(1, "capbench-verify") as side:
+                verified = side.submit(vision.run, [verify])
+                (m_reply,) = judge.run([match])
+                (v_reply,) = verified.result()
+        self._read_checks(judgment, m_reply, v_reply, failures)
 
     def _first_stage(
         self, samples: Sequence[Sample], captions: Sequence[str], judge: Engine, out: list[FactJudgments], rate: bool
@@ -297,12 +408,17 @@ class FactPipeline:
         else:
             match_replies, verify_replies = text_judge.run(matches), vision.run(verifies)
         for i, m_reply, v_reply in zip(ready, match_replies, verify_replies, strict=True):
-            judgment = out[i]
-            texts = [f.text for f in judgment.facts or ()]
-            read_matches = partial(_read_matches, facts=texts, references=len(judgment.references))
-            judgment.matches = self._parse_samples(m_reply, judgment.failures, "match", read_matches)
-            read_verdicts = partial(_read_verdicts, facts=texts)
-            judgment.verdicts = self._parse_samples(v_reply, judgment.failures, "verify", read_verdicts)
+            self._read_checks(out[i], m_reply, v_reply, out[i].failures)
+
+    def _read_checks(
+        self, judgment: FactJudgments, m_reply: Response, v_reply: Response, failures: list[dict[str, Any]]
+    ) -> None:
+        """Read one caption's matching and verification replies into its judgments."""
+        texts = [f.text for f in judgment.facts or ()]
+        read_matches = partial(_read_matches, facts=texts, references=len(judgment.references))
+        judgment.matches = self._parse_samples(m_reply, failures, "match", read_matches)
+        read_verdicts = partial(_read_verdicts, facts=texts)
+        judgment.verdicts = self._parse_samples(v_reply, failures, "verify", read_verdicts)
 
     # ------------------------------------------------------------ parsing
 
@@ -350,6 +466,16 @@ class FactPipeline:
             parsed.append(value)
             failures.extend({"stage": stage, "error": guess, "raw": text} for guess in guesses)
         return parsed
+
+
+def concurrent(engine: Any) -> bool:
+    """Whether ``engine`` (or the engine it wraps: the cache, a recorder) may be called from several threads."""
+    while engine is not None:
+        flag = getattr(engine, "concurrent", None)
+        if flag is not None:
+            return bool(flag)
+        engine = getattr(engine, "engine", None)
+    return False
 
 
 def _json_listing(items: Sequence[Mapping[str, Any]]) -> str:
