@@ -267,6 +267,9 @@ class LatencyJudge:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a served model's HTTP stack
+            # The headers and the body go out in two writes: without TCP_NODELAY, Nagle's algorithm
+            # holds the body until the client's delayed ACK, ~40 ms a reply that no served model adds.
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":

@@ -1,16 +1,18 @@
 """Load test of the reward service (`capbench serve`): concurrent clients, thousands of items, a judge with latency.
 
-Usage: python benchmarks/serve_load.py [--clients 8,32] [--items 2000] [--per-request 16]
-       [--caprl-samples 4] [--judge-config FILE]
+Usage: python benchmarks/serve_load.py [--clients 8,32] [--max-batches 1,4] [--items 2000]
+       [--per-request 16] [--caprl-samples 4] [--judge-config FILE]
 Writes benchmarks/results/serve_load.json and .md.
 
 The judge is benchmarks/_latency_judge.py in a process of its own: an OpenAI-compatible server
 whose latency grows with prompt and output tokens, with a concurrency limit and slower service
-when overloaded (its settings are in the report). For each number of clients, a fresh service
-(`capbench.serve.Running`, judge `openai:latency`, answer mode letter, a fresh cache folder, the
-default batching window) scores ``items`` items of capbench-mini's samples (the item carries its
-reference caption and questions; the caption is one of the example captions plus a sentence of
-its own, so no two items share a caption) for CapRL's QA utility. ``clients`` clients share the
+when overloaded (its settings are in the report). For each number of clients and of batches
+judged at once (``--max-batches``: 1 is one batch at a time, as the service judged before
+batches overlapped), a fresh service (`capbench.serve.Running`, judge `openai:latency`, answer
+mode letter, a fresh cache folder, the default batching window) scores ``items`` items of
+capbench-mini's samples (the item carries its reference caption and questions; the caption is one
+of the example captions plus a sentence of its own, so no two items share a caption) for CapRL's
+QA utility. ``clients`` clients share the
 requests of ``per-request`` items each and send them one after another.
 
 Checked on every answer: status 200, one result per item, the ids echoed in order, a reward in
@@ -18,6 +20,10 @@ Checked on every answer: status 200, one result per item, the ids echoed in orde
 request per CapRL draw (items × questions per caption: none lost, none retried). Then the same
 requests are sent again: the cache hit rate (from the answers' ``usage``), the rerun's speed,
 the judge requests it sent (none expected) and whether every reward came back the same.
+
+The ceiling is measured too: capbench's ``openai`` engine alone (no service, batching, metric or
+cache), at the service's concurrency, sends the judge requests as long as the CapRL ones; the
+calls/s it gets are the most the service could get from this judge on this machine.
 """
 
 from __future__ import annotations
@@ -43,10 +49,15 @@ sys.path.insert(0, str(HERE))
 from _report import save  # noqa: E402
 
 import capbench  # noqa: E402
+from capbench.engines import build_engine  # noqa: E402
+from capbench.engines.base import Message, Request, Sampling  # noqa: E402
 from capbench.records import read_caption_file  # noqa: E402
 from capbench.serve import Running, ServeConfig  # noqa: E402
 
 REWARD = "caprl_qa_utility"
+#: The figures published before batches overlapped (commit 783f88d, one batch at a time), by clients.
+BEFORE = {8: {"items_per_second": 31.8, "p50_ms": 4008, "p99_ms": 5564},
+          32: {"items_per_second": 39.9, "p50_ms": 12696, "p99_ms": 13005}}  # fmt: skip
 
 
 def make_items(count: int, tag: str) -> list[dict[str, Any]]:
@@ -139,9 +150,10 @@ def judge_stats(base_url: str) -> dict[str, Any]:
     return httpx.get(base_url.removesuffix("/v1") + "/stats", timeout=10).json()
 
 
-def sweep_point(judge_url: str, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+def sweep_point(judge: dict[str, Any], clients: int, batches: int, args: argparse.Namespace) -> dict[str, Any]:
     """One fresh service with a fresh cache: a cold pass, then the same requests again."""
-    items = make_items(args.items, f"c{clients}")
+    judge_url, slots = judge["base_url"], judge["settings"]["concurrency"]
+    items = make_items(args.items, f"c{clients}b{batches}")
     chunks = [items[i : i + args.per_request] for i in range(0, len(items), args.per_request)]
     with tempfile.TemporaryDirectory() as folder:
         config = ServeConfig(
@@ -151,6 +163,7 @@ def sweep_point(judge_url: str, clients: int, args: argparse.Namespace) -> dict[
             caprl_samples=args.caprl_samples,
             cache=Path(folder) / "cache.sqlite",
             port=0,
+            max_batches=batches,
         )
         with Running(config, log=lambda line: None) as service:
             before = judge_stats(judge_url)
@@ -164,9 +177,27 @@ def sweep_point(judge_url: str, clients: int, args: argparse.Namespace) -> dict[
     cold["judge_received"] = middle["received"] - before["received"]
     cold["judge_expected"] = len(items) * args.caprl_samples
     cold["judge_same_prompt"] = middle["repeated"] - before["repeated"]
+    busy = middle["busy_s"] - before["busy_s"]
+    cold["judge_service_ms"] = round(1000 * busy / max(1, cold["judge_received"]), 1)
+    cold["judge_busy_share"] = round(busy / (cold["seconds"] * slots), 3)
     rerun["judge_received"] = after["received"] - middle["received"]
-    return {"clients": clients, "cold": cold, "rerun": rerun, "rerun_same_rewards": same,
+    return {"clients": clients, "max_batches": batches, "cold": cold, "rerun": rerun, "rerun_same_rewards": same,
             "judge_max_in_flight": after["max_in_flight"]}  # fmt: skip
+
+
+def judge_alone(judge: dict[str, Any], service_ms: float, concurrency: int, count: int = 1600) -> dict[str, Any]:
+    """The judge's calls/s through the ``openai`` engine alone, with prompts as long as the CapRL calls'."""
+    s = judge["settings"]
+    words = max(1, round((service_ms / 1000 - s["base_s"] - s["per_output_token_s"]) / s["per_prompt_token_s"]))
+    engine = build_engine("openai:latency", base_url=judge["base_url"], concurrency=concurrency)
+    requests = [
+        Request((Message.text("user", f"{i} " + "word " * (words - 1)),), Sampling(max_tokens=1)) for i in range(count)
+    ]
+    started = time.perf_counter()
+    replies = engine.run(requests)
+    seconds = time.perf_counter() - started
+    return {"calls": count, "prompt_words": words, "failed": sum(not r.ok for r in replies),
+            "calls_per_second": round(count / seconds, 1)}  # fmt: skip
 
 
 def start_judge(config: Path | None) -> tuple[subprocess.Popen[str], dict[str, Any]]:
@@ -194,20 +225,39 @@ def markdown(report: dict[str, Any]) -> str:
         f"Each row: {a['items']} items of capbench-mini (distinct captions) for `{REWARD}`, in requests of "
         f"{a['per_request']} items shared by the clients; then the same requests again (rerun).",
         "",
-        "| clients | items/s | p50 | p99 | judge calls (expected) | lost | duplicated | faults "
-        "| rerun items/s | rerun p50 | rerun p99 | rerun cache hits | rerun judge calls | rerun same rewards |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| clients | batches at once | items/s | judge calls/s | judge busy | p50 | p99 | judge calls (expected) "
+        "| lost | duplicated | faults | rerun items/s | rerun p50 | rerun p99 | rerun cache hits | rerun judge calls "
+        "| rerun same rewards |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         c, r = row["cold"], row["rerun"]
         lines.append(
-            f"| {row['clients']} | {c['items_per_second']:.1f} | {c['p50_ms']:.0f} ms | {c['p99_ms']:.0f} ms | "
+            f"| {row['clients']} | {row['max_batches']} | {c['items_per_second']:.1f} | "
+            f"{c['judge_received'] / c['seconds']:.0f} | {100 * c['judge_busy_share']:.0f}% | "
+            f"{c['p50_ms']:.0f} ms | {c['p99_ms']:.0f} ms | "
             f"{c['judge_received']} ({c['judge_expected']}) | {c['lost']} | {c['duplicated']} | {c['fault_count']} | "
             f"{r['items_per_second']:.1f} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | "
             f"{100 * (r['cache_hit_rate'] or 0):.1f}% | {r['judge_received']} | "
             f"{row['rerun_same_rewards']}/{c['items']} |"
         )
+    service_s = report["rows"][0]["cold"]["judge_service_ms"] / 1000
+    alone = report["judge_alone"]
+    before = "; ".join(
+        f"{n} clients {b['items_per_second']:g} items/s, p50 {b['p50_ms'] / 1000:.1f} s, p99 {b['p99_ms'] / 1000:.1f} s"
+        for n, b in BEFORE.items()
+    )
     lines += [
+        "",
+        f"Before batches overlapped (one batch at a time, the figures published at commit 783f88d on this "
+        f"machine): {before}. The rows with 1 batch at once measure that schedule again in the same run. Judge "
+        "calls/s: what the service sent the judge; judge busy: the share of the judge's slot-seconds spent "
+        f"serving. As modelled, the judge would serve {j['concurrency'] / service_s:.0f} calls/s ({j['concurrency']} "
+        f"slots, {1000 * service_s:.0f} ms per CapRL call); capbench's openai engine alone, {a['engine_concurrency']} "
+        f"at once, gets {alone['calls_per_second']:g} calls/s from it ({alone['calls']} calls of "
+        f"{alone['prompt_words']} words, {alone['failed']} failed): the most the service could send it here. "
+        f"Alone, a call takes {1000 * a['engine_concurrency'] / alone['calls_per_second']:.0f} ms of wall time "
+        f"against {1000 * service_s:.0f} ms modelled: the rest is the judge server's own HTTP handling.",
         "",
         "Lost: items with no answer; duplicated: items answered more than once; faults: answers not 200, ids not "
         "echoed in order, or a reward null or outside [0, 1]. Judge calls: requests the judge received; expected: "
@@ -223,6 +273,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="8,32", help="numbers of concurrent clients, comma-separated")
+    parser.add_argument(
+        "--max-batches", default=f"1,{ServeConfig().max_batches}", help="batches judged at once, comma-separated"
+    )
     parser.add_argument("--items", type=int, default=2000, help="items per sweep point")
     parser.add_argument("--per-request", type=int, default=16, help="items per request")
     parser.add_argument("--caprl-samples", type=int, default=4, help="CapRL questions per caption")
@@ -231,7 +284,12 @@ def main() -> None:
     args = parser.parse_args()
     proc, ready = start_judge(args.judge_config)
     try:
-        rows = [sweep_point(ready["base_url"], int(n), args) for n in args.clients.split(",")]
+        rows = [
+            sweep_point(ready, int(n), int(b), args)
+            for n in args.clients.split(",")
+            for b in args.max_batches.split(",")
+        ]
+        alone = judge_alone(ready, rows[0]["cold"]["judge_service_ms"], args.engine_concurrency)
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -244,6 +302,8 @@ def main() -> None:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "reward": REWARD,
         "batch_window_ms": ServeConfig().batch_window_ms,
+        "before": BEFORE,
+        "judge_alone": alone,
         "rows": rows,
     }
     save("serve_load", report, markdown(report))

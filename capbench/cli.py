@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from capbench import __version__
+from capbench.cli_merge import check_shard, merge_command
 from capbench.errors import CapbenchError
 
 
@@ -214,6 +215,14 @@ def _judge_engine_options(command: Any) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of option shuffles and judge sampling.")
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N samples.")
 @click.option(
+    "--shard",
+    metavar="I/N",
+    callback=check_shard,
+    help="Evaluate only shard I of N of the selected samples (I counted from 0: 0/4 … 3/4, as $SLURM_ARRAY_TASK_ID "
+    "with --array=0-3), into <results-dir>/<benchmark>/_shards/<set>/I-of-N/; `capbench merge` combines the N "
+    "shards into one run. --model captions only the shard's images.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=8,
@@ -363,8 +372,11 @@ def agreement_command(**opts: Any) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
 @click.option("--batch-window-ms", type=click.FloatRange(min=0.0), default=10.0, show_default=True,
               help="Requests arriving within this window are judged in shared engine batches.")  # fmt: skip
+@click.option("--max-batches", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Batches judged at once at most (1-64): a batch starts as soon as its window closes, so the "
+              "slowest item of one batch does not hold back the next.")  # fmt: skip
 @click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Items waiting at most; beyond it requests get 429 with Retry-After.")  # fmt: skip
+              help="Items waiting or being judged at most; beyond it requests get 429 with Retry-After.")  # fmt: skip
 @click.option("--max-items", type=click.IntRange(min=1), default=1024, show_default=True, help="Items per request.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.0, min_open=True), default=64.0, show_default=True,
               help="Request body size limit (also the largest image a URL may download).")  # fmt: skip
@@ -464,5 +476,6 @@ def leaderboard_command(**opts: Any) -> None:
     cli_leaderboard.run(opts)
 
 
+main.add_command(merge_command)
 if __name__ == "__main__":
     main()

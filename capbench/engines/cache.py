@@ -385,6 +385,28 @@ class CallStats:
         }
 
 
+class Tally:
+    """What one caller's runs of shared engines cost: judge calls, cache hits and failed calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cache_hits = 0
+        self.failures = 0
+        self._lock = threading.Lock()  # a run may be counted from the engine's thread, and several at once
+
+    def add(self, calls: int = 0, cache_hits: int = 0, failures: int = 0) -> None:
+        """Count what one request cost."""
+        with self._lock:
+            self.calls += calls
+            self.cache_hits += cache_hits
+            self.failures += failures
+
+    def to_dict(self) -> dict[str, int]:
+        """Return ``judge_calls``, ``cache_hits`` and ``failures``, as :meth:`CallStats.to_dict` names them."""
+        with self._lock:
+            return {"judge_calls": self.calls, "cache_hits": self.cache_hits, "failures": self.failures}
+
+
 class CachedEngine:
     """An engine wrapper that answers from the cache, de-duplicates a batch, and counts.
 
@@ -393,7 +415,9 @@ class CachedEngine:
     time from other threads (the second waits for the first's answer: several rewards of one
     step, or several callers of the reward service, share their judge calls while they run
     concurrently). An engine that is not safe to call from two threads at once (one without
-    ``concurrent = True``, e.g. an in-process model) gets one batch at a time.
+    ``concurrent = True``, e.g. an in-process model) gets one batch at a time. ``stats`` counts
+    every run; :meth:`tallied` gives one caller a view whose runs also count into its own
+    :class:`Tally`, exact while other callers run the same engine.
 
     Each successful response is stored as soon as the engine reports it, so a killed run loses
     at most the calls in flight. A cache that cannot be read
@@ -436,8 +460,26 @@ class CachedEngine:
         """Run the wrapped engine's preflight check."""
         preflight(self.engine)
 
-    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
-        """Answer ``requests`` from the cache where possible and from the engine otherwise."""
+    def close(self) -> None:
+        """Close the wrapped engine where it holds something (the ``openai`` engine's loop and connections)."""
+        close = getattr(self.engine, "close", None)
+        if callable(close):
+            close()
+
+    def tallied(self, counted: Tally) -> TalliedEngine:
+        """This engine as one caller sees it: its runs, from whichever thread, also count into ``counted``."""
+        return TalliedEngine(self, counted)
+
+    def run(
+        self, requests: Sequence[Request], on_result: OnResult | None = None, counted: Tally | None = None
+    ) -> list[Response]:
+        """Answer ``requests`` from the cache where possible and from the engine otherwise.
+
+        Args:
+            requests: The judge requests.
+            on_result: Called with (index, response) as each is answered.
+            counted: Also counts this run's judge calls, cache hits and failures (besides ``stats``).
+        """
         results: list[Response | None] = [None] * len(requests)
         pending: dict[str, list[int]] = {}
         waiting: dict[str, list[int]] = {}
@@ -460,19 +502,19 @@ class CachedEngine:
                 others[key] = flight
                 waiting[key] = [index]
             elif hit is not None:
-                self._answer(index, request, hit, results, on_result)
+                self._answer(index, request, hit, results, on_result, counted)
             else:
                 pending[key] = [index]
         keys = list(pending)
         try:
             if keys:
-                self._run_pending(requests, keys, pending, results, on_result)
+                self._run_pending(requests, keys, pending, results, on_result, counted)
         finally:
             self._land(keys, pending, results)
         for key, indices in waiting.items():  # answered by another caller's call, as from the cache
             response = others[key].wait()
             for index in indices:
-                self._answer(index, requests[index], response, results, on_result)
+                self._answer(index, requests[index], response, results, on_result, counted)
         return [r if r is not None else Response(error="engine returned no response") for r in results]
 
     def _answer(
@@ -482,11 +524,14 @@ class CachedEngine:
         response: Response,
         results: list[Response | None],
         on_result: OnResult | None,
+        counted: Tally | None,
     ) -> None:
         """Answer one request without the engine (from the cache, or another caller's call in flight)."""
         response = response if response.cached or not response.ok else _as_cached(response)
         results[index] = response
         self.stats.cache_hits += int(response.ok)  # a failure shared with the caller in flight is no hit
+        if counted is not None:
+            counted.add(cache_hits=int(response.ok))
         if self.recorder is not None:
             self.recorder.write(request, response)
         if on_result is not None:
@@ -508,6 +553,7 @@ class CachedEngine:
         pending: dict[str, list[int]],
         results: list[Response | None],
         on_result: OnResult | None,
+        counted: Tally | None,
     ) -> None:
         batch = [requests[pending[k][0]] for k in keys]
         fingerprint = self.fingerprint()
@@ -515,6 +561,8 @@ class CachedEngine:
         def record(position: int, response: Response) -> None:
             key = keys[position]
             self.stats.calls += 1
+            if counted is not None:
+                counted.add(calls=1, failures=int(not response.ok))
             self.stats.prompt_tokens += response.prompt_tokens
             self.stats.completion_tokens += response.completion_tokens
             if self.recorder is not None:
@@ -548,6 +596,27 @@ class CachedEngine:
             if position not in seen:
                 record(position, response)
         self.stats.seconds += time.perf_counter() - started
+
+
+class TalliedEngine:
+    """A :class:`CachedEngine` seen by one caller: each run also counts into the caller's :class:`Tally`.
+
+    Everything else (fingerprint, capability flags, ``stats``, the wrapped ``engine``) is the shared
+    engine's, so a metric cannot tell the two apart.
+    """
+
+    def __init__(self, cached: CachedEngine, counted: Tally) -> None:
+        self.cached = cached
+        self.counted = counted
+
+    def run(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Response]:
+        """Run the shared engine, counting what it cost into this caller's tally."""
+        return self.cached.run(requests, on_result, self.counted)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "cached":  # not set yet (a copy being made): no wrapped engine to ask
+            raise AttributeError(name)
+        return getattr(self.cached, name)
 
 
 class _InFlight:

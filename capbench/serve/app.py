@@ -65,7 +65,7 @@ def create_app(service: Service, log: Callable[[str], None] | None = None, url: 
     """
     config = service.setup.config
     stats = Stats()
-    batcher = Batcher(service, config.batch_window_ms / 1000.0, config.max_queue, stats.batch)
+    batcher = Batcher(service, config.batch_window_ms / 1000.0, config.max_queue, service.max_batches, stats.batch)
     app = FastAPI(
         title="capbench reward service",
         version=capbench.__version__,
@@ -91,7 +91,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.batcher.start()
     labels = {role: f"{j.get('backend')}:{j.get('model')}" for role, j in state.judges.items()}
     state.event("ready", url=state.url, judges=labels, rewards=sorted(catalog.rewards), benchmark=catalog.benchmark,
-                token=state.service.setup.token is not None)  # fmt: skip
+                token=state.service.setup.token is not None, max_batches=state.batcher.max_batches)  # fmt: skip
     try:
         yield
     finally:
@@ -142,7 +142,8 @@ async def _health(request: Request) -> dict[str, Any]:
 
 async def _metrics(request: Request) -> PlainTextResponse:
     state: _State = request.app.state.serve
-    text = state.stats.exposition(state.service.usage(), state.batcher.waiting, state.batcher.in_flight)
+    batcher = state.batcher
+    text = state.stats.exposition(state.service.usage(), batcher.waiting, batcher.in_flight, batcher.batches)
     return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 

@@ -17,6 +17,8 @@ import capbench
 from capbench import ConfigError
 
 PathLike = str | os.PathLike
+#: The most batches a service judges at once (each holds a worker thread).
+MAX_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,12 @@ class ServeConfig:
     """0 picks a free port."""
     batch_window_ms: float = 10.0
     """Requests arriving within this window are judged in shared engine batches."""
+    max_batches: int = 4
+    """Batches judged at once at most: a batch starts when its window closes, while fewer are being judged.
+
+    1 with a judge that takes one batch at a time (an in-process model)."""
     max_queue: int = 4096
-    """Items waiting to be judged at most; beyond it requests get 429 with Retry-After."""
+    """Items accepted and not yet answered (waiting or being judged) at most; beyond it requests get 429."""
     max_items: int = 1024
     """Items per request at most."""
     max_body_mb: float = 64.0
@@ -74,7 +80,7 @@ class ServeConfig:
     """Environment variable holding the bearer token; when it is set, requests must carry it."""
 
     def __post_init__(self) -> None:
-        for name in ("caprl_samples", "port", "max_queue", "max_items", "seed"):
+        for name in ("caprl_samples", "port", "max_batches", "max_queue", "max_items", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"ServeConfig.{name} must be an int, not {type(value).__name__} ({value!r:.40})")
@@ -89,6 +95,11 @@ class ServeConfig:
         for name, flag in (("max_queue", "--max-queue"), ("max_items", "--max-items"), ("caprl_samples", "")):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ServeConfig.{name} must be at least 1, not {getattr(self, name)} {flag}".strip())
+        if not 1 <= self.max_batches <= MAX_BATCHES:
+            raise ConfigError(
+                f"--max-batches {self.max_batches} is out of range; give 1 (one batch at a time) to {MAX_BATCHES} "
+                "(each batch being judged holds a thread)"
+            )
         if self.max_items > self.max_queue:
             raise ConfigError(
                 f"--max-items {self.max_items} is more than --max-queue {self.max_queue}: such a request could "
@@ -177,6 +188,7 @@ def config_from_options(opts: Mapping[str, Any]) -> ServeConfig:
         host=opts.get("host") or "127.0.0.1",
         port=opts["port"] if opts.get("port") is not None else 8765,
         batch_window_ms=opts["batch_window_ms"] if opts.get("batch_window_ms") is not None else 10.0,
+        max_batches=opts.get("max_batches") or ServeConfig.max_batches,
         max_queue=opts.get("max_queue") or 4096,
         max_items=opts.get("max_items") or 1024,
         max_body_mb=opts.get("max_body_mb") or 64.0,

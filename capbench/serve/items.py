@@ -56,16 +56,22 @@ def parse_json(body: bytes) -> Any:
     Raises:
         RequestError: not UTF-8 or not JSON (400).
     """
+    fix = 'send {"rewards": [...], "items": [{"caption": ...}, ...]}'
     try:
         return json.loads(body.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"body: not UTF-8 (byte {exc.start}); send JSON encoded as UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise RequestError(
-            400,
-            f"body: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); "
-            'send {"rewards": [...], "items": [{"caption": ...}, ...]}',
-        ) from None
+        raise RequestError(400, f"body: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); {fix}") from None
+    except (RecursionError, ValueError) as exc:
+        raise RequestError(400, f"body: JSON that cannot be read ({unreadable(exc)}); {fix}") from None
+
+
+def unreadable(exc: RecursionError | ValueError) -> str:
+    """Why valid JSON could not be read: nested deeper than Python's recursion, or an integer too long."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";")[0]  # Python's own words on an integer of over 4300 digits
 
 
 def parse_score_request(data: Any, catalog: Catalog, images: ImageStore) -> list[Item]:

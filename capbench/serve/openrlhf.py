@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from capbench.serve.images import ImageStore, RequestError
-from capbench.serve.items import Catalog, Item, check_count, parse_item, text
+from capbench.serve.items import Catalog, Item, check_count, parse_item, text, unreadable
 
 LABEL_FIELDS = ("domain", "image", "questions", "reference_caption", "reference_facts", "sample_id")
 #: End-of-turn and padding tokens a decoded response ends with (``skip_special_tokens=False``).
@@ -132,9 +132,10 @@ def _label(value: Any, where: str) -> dict[str, Any]:
             return {"reference_caption": value} if value.strip() else {}
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else unreadable(exc)
             raise RequestError(
-                400, f"{where} starts like a JSON object but is not JSON ({exc.msg}); send an object or a plain caption"
+                400, f"{where} starts like a JSON object but is not JSON ({why}); send an object or a plain caption"
             ) from None
     if not isinstance(value, Mapping):
         raise RequestError(400, f"{where} must be a JSON object of references or a reference caption")

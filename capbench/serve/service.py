@@ -1,16 +1,16 @@
-"""The scoring behind the HTTP service: checked settings, the judges, and one batch of items scored at a time.
+"""The scoring behind the HTTP service: checked settings, the judges, and batches of items scored.
 
 :func:`prepare` checks everything (metric settings, judges, the benchmark, image folders, the
 token) without loading a model; :class:`Service` loads the judges behind capbench's cache and
 scores a batch of requests' items with one ``metric.score`` call per metric, so the items of
-concurrent callers share engine batches, exactly as ``capbench eval`` would score them.
+concurrent callers share engine batches, exactly as ``capbench eval`` would score them. Several
+batches may be scored at once (from several threads): each counts its own judge usage.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,8 @@ from typing import Any
 import capbench
 from capbench import Caption, ConfigError, SampleScore
 from capbench.api import judge_spec, open_cache
+from capbench.engines.cache import CachedEngine, Tally
+from capbench.metrics.facts import concurrent
 from capbench.serve.config import ServeConfig
 from capbench.serve.images import ImageStore
 from capbench.serve.items import Catalog, Item
@@ -97,14 +99,14 @@ def prepare(config: ServeConfig, environ: Mapping[str, str] | None = None) -> Se
 
 
 class Service:
-    """The judges and metrics of a :class:`Setup`, scoring one batch at a time (from one worker thread).
+    """The judges and metrics of a :class:`Setup`, scoring batches (several at once, from worker threads).
 
     Args:
         setup: What :func:`prepare` checked.
         judges: Judges by role, already behind the cache (default: built from the setup; this loads them).
     """
 
-    def __init__(self, setup: Setup, judges: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, setup: Setup, judges: Mapping[str, CachedEngine] | None = None) -> None:
         self.setup = setup
         self.cache = None
         if judges is None:
@@ -114,12 +116,23 @@ class Service:
                 judge.check()  # a served judge that is down is named now, not at the first request
         self.judges = dict(judges)
         self.images = ImageStore(setup.images_roots, setup.config.max_body_bytes)
-        self._lock = threading.Lock()
 
     @property
     def catalog(self) -> Catalog:
         """What the service offers."""
         return self.setup.catalog
+
+    @property
+    def max_batches(self) -> int:
+        """Batches to judge at once: ``--max-batches``, or 1 when a judge takes one batch at a time.
+
+        A judge that cannot be called from two threads (an in-process model) runs one engine batch
+        at a time whatever the service does; batches started beside one would only wait for it, and
+        in smaller engine batches than the requests that gathered meanwhile would make together.
+        """
+        if all(concurrent(judge) for judge in self.judges.values()):
+            return self.setup.config.max_batches
+        return 1
 
     def fingerprints(self) -> dict[str, Any]:
         """Each judge's fingerprint, by role."""
@@ -135,15 +148,21 @@ class Service:
         return total
 
     def close(self) -> None:
-        """Close the judge-call cache."""
+        """Close the judges (their connections) and the judge-call cache."""
+        for judge in self.judges.values():
+            close = getattr(judge, "close", None)
+            if callable(close):
+                close()
         if self.cache is not None:
             self.cache.close()
 
     def score(self, jobs: Sequence[Sequence[Item]]) -> tuple[list[list[dict[str, Any]]], dict[str, int]]:
         """Score the items of several requests together: one ``metric.score`` per metric over all of them.
 
-        Returns each request's results (in item order) and the batch's judge usage. A metric that
-        raises fails only its own values, each with the reason; the other metrics are still scored.
+        Returns each request's results (in item order) and the batch's judge usage: exact while
+        other batches run, as each batch's judges count into its own tally (identical requests of
+        two batches are judged once, and count as a cache hit for the one that waited). A metric
+        that raises fails only its own values, each with the reason; the other metrics are still scored.
         """
         flat = [item for items in jobs for item in items]
         wanted: dict[str, list[int]] = {}
@@ -157,18 +176,17 @@ class Service:
                 wanted.setdefault(metric, []).append(n)
                 rated[metric] = True
         scores: list[dict[str, SampleScore | str]] = [{} for _ in flat]
-        with self._lock:
-            before = self.usage()
-            for name, indices in wanted.items():
-                indices = list(dict.fromkeys(indices))  # an item asking two rewards of one metric is scored once
-                metric = self.setup.metrics[name]
-                if not rated[name]:
-                    metric = self.setup.unrated.get(name, metric)
-                got = self._score_metric(name, metric, [flat[n] for n in indices])
-                for n, score in zip(indices, got, strict=True):
-                    scores[n][name] = score
-            after = self.usage()
-        usage = {k: after[k] - before[k] for k in USAGE_KEYS}
+        counted = Tally()
+        judges = {role: judge.tallied(counted) for role, judge in self.judges.items()}
+        for name, indices in wanted.items():
+            indices = list(dict.fromkeys(indices))  # an item asking two rewards of one metric is scored once
+            metric = self.setup.metrics[name]
+            if not rated[name]:
+                metric = self.setup.unrated.get(name, metric)
+            got = self._score_metric(name, metric, [flat[n] for n in indices], judges)
+            for n, score in zip(indices, got, strict=True):
+                scores[n][name] = score
+        usage = counted.to_dict()
         results = [self._result(item, got) for item, got in zip(flat, scores, strict=True)]
         out, start = [], 0
         for items in jobs:
@@ -176,16 +194,17 @@ class Service:
             start += len(items)
         return out, usage
 
-    def _score_metric(self, name: str, metric: Any, items: Sequence[Item]) -> list[SampleScore | str]:
+    def _score_metric(
+        self, name: str, metric: Any, items: Sequence[Item], judges: Mapping[str, Any]
+    ) -> list[SampleScore | str]:
         """Score items with one metric call; if it raises, item by item, so one bad item fails only itself."""
-        judges = self.judges if metric.judge_roles else {}
         captions = [Caption(item.sample.id, item.caption) for item in items]
         try:
-            return list(metric.score([item.sample for item in items], captions, judges))
+            return list(metric.score([item.sample for item in items], captions, judges if metric.judge_roles else {}))
         except Exception as exc:  # a judge or metric that fails costs its own values, never the service
             if len(items) == 1:
                 return [f"metric {name!r} failed: {type(exc).__name__}: {exc}"[:500]]
-        return [got for item in items for got in self._score_metric(name, metric, [item])]
+        return [got for item in items for got in self._score_metric(name, metric, [item], judges)]
 
     def _result(self, item: Item, scores: Mapping[str, SampleScore | str]) -> dict[str, Any]:
         """One item's answer: each reward in [0, 1] or null with its reason, each metric's values."""

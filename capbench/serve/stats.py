@@ -58,7 +58,7 @@ class Stats:
             return dict.fromkeys(QUANTILES, math.nan)
         return {q: ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] for q in QUANTILES}
 
-    def exposition(self, usage: Mapping[str, int], waiting: int, in_flight: int) -> str:
+    def exposition(self, usage: Mapping[str, int], waiting: int, in_flight: int, batches: int = 0) -> str:
         """Return every metric in Prometheus' text format."""
         lines: list[str] = []
 
@@ -89,7 +89,8 @@ class Stats:
         ):
             metric(f"capbench_serve_{key}_total", "counter", help_text, [("", usage.get(key, 0))])
         metric("capbench_serve_queue_depth", "gauge", "Items waiting to be judged.", [("", waiting)])
-        metric("capbench_serve_items_in_flight", "gauge", "Items of the batch being judged now.", [("", in_flight)])
+        metric("capbench_serve_items_in_flight", "gauge", "Items of the batches being judged now.", [("", in_flight)])
+        metric("capbench_serve_batches_in_flight", "gauge", "Batches being judged now.", [("", batches)])
         samples = [(f'{{quantile="{q}"}}', v) for q, v in self.quantiles().items()]
         metric(
             "capbench_serve_request_seconds", "summary",
