@@ -37,16 +37,17 @@ from capbench.engines import EngineSpec, engine_class
 from capbench.engines.base import preflight
 from capbench.engines.cache import CachedEngine, ResponseCache
 from capbench.errors import ConfigError, InputError
-from capbench.evaluation import Evaluator, Progress, RunResult, check_needs, select_samples
+from capbench.evaluation import Evaluator, Progress, RunResult, check_needs, select_samples, shard_block
 from capbench.metrics import Metric, build_metric, describe
-from capbench.records import CaptionSet
+from capbench.records import CaptionSet, Sample
 from capbench.results import Evaluation, SampleRecord, SetResult, read_results, read_run
+from capbench.shards import merge_shards, scoring_settings
 
 __all__ = [
     "Evaluation", "Plan", "Reporter", "SampleRecord", "SetResult", "build_judge", "build_judges", "build_metrics",
     "cached_judge", "caption_sets", "catalogue", "check_settings", "engine_options", "evaluate", "judge_spec",
-    "load_benchmark_of", "model_spec", "open_cache", "prepare", "read_results", "read_run", "resolve_answer_mode",
-    "resolve_fact_protocol", "run",
+    "load_benchmark_of", "merge_shards", "model_spec", "open_cache", "prepare", "read_results", "read_run",
+    "resolve_answer_mode", "resolve_fact_protocol", "run",
 ]  # fmt: skip
 
 # ---------------------------------------------------------------- evaluation
@@ -148,9 +149,11 @@ def run(plan: Plan, reporter: Reporter | None = None) -> Evaluation:
             if spec.backend == "openai":
                 judges[role] = build.judge_for(role, spec, config, cache)
                 preflight(judges[role])
+    shard = config.shard_spec
     generation = _generate(plan, cache, reporter) if plan.model is not None else None
     sets = list(plan.sets)
-    if generation is not None and generation.caption_set.captions and plan.metrics:
+    # a shard's manifest is written even when none of its captions could be made, so the merge names it
+    if generation is not None and (generation.caption_set.captions or shard) and plan.metrics:
         sets.insert(0, generation.caption_set)
     results: dict[str, SetResult] = {}
     if plan.metrics and sets:
@@ -163,10 +166,18 @@ def run(plan: Plan, reporter: Reporter | None = None) -> Evaluation:
                 else:
                     judges = build.build_judges(config, cache)
         evaluator = Evaluator(
-            plan.benchmark, plan.metrics, judges, Path(config.results_dir), config.batch_size, reporter.progress
+            plan.benchmark,
+            plan.metrics,
+            judges,
+            Path(config.results_dir),
+            config.batch_size,
+            reporter.progress,
+            settings=scoring_settings(config),
         )
         for caption_set in sets:
-            done = evaluator.evaluate(caption_set, config.limit, config.overwrite)
+            # generated captions are split as generation split them: over the images asked for, not those captioned
+            selection = _to_caption(plan) if generation is not None and caption_set is generation.caption_set else None
+            done = evaluator.evaluate(caption_set, config.limit, config.overwrite, shard, selection)
             results[caption_set.name] = _set_result(done, plan.benchmark.name)
     judges_used = {role: judge.fingerprint() for role, judge in judges.items()}
     return Evaluation(plan.benchmark.name, results, judges_used, plan.modes, config, generation)
@@ -193,13 +204,21 @@ def _generate(plan: Plan, cache: ResponseCache, reporter: Reporter) -> Any:
         temperature=config.caption_temperature,
         seed=config.seed,
     )
-    samples = list(plan.benchmark.samples[: config.limit] if config.limit else plan.benchmark.samples)
+    shard, chosen = config.shard_spec, _to_caption(plan)
+    samples = shard.part(chosen) if shard else chosen
     with reporter.loading(f"model {spec.label}"):
         engine = CachedEngine(build.build_engine(spec), cache, spec=spec.to_dict())
     captioner = Captioner(engine, spec.to_dict(), caption, config.batch_size)
-    folder = RunDir(Path(config.results_dir), plan.benchmark.name, plan.generated_name).path
+    folder = RunDir(Path(config.results_dir), plan.benchmark.name, plan.generated_name, shard).path
     with reporter.captioning(plan.generated_name, len(samples)) as advance:
-        return captioner.generate(samples, folder, plan.generated_name, config.regenerate, advance)
+        block = shard_block(shard, chosen) if shard else None
+        return captioner.generate(samples, folder, plan.generated_name, config.regenerate, advance, block)
+
+
+def _to_caption(plan: Plan) -> list[Sample]:
+    """The images the model captions (before a shard takes its part): the benchmark's first ``limit``."""
+    limit = plan.config.limit
+    return list(plan.benchmark.samples[:limit] if limit else plan.benchmark.samples)
 
 
 def _config(config: EvalConfig | None, settings: Mapping[str, Any]) -> EvalConfig:

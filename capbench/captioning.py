@@ -6,7 +6,9 @@ run resumes where it stopped) beside ``generation.json``, which records the mode
 engine fingerprint, the prompt and the sampling settings. Switching the judge never
 regenerates captions (``--overwrite`` replaces scores, not captions); changing a generation
 setting is refused unless ``--regenerate`` asks for fresh captions. The file is a caption set
-like any other (``--captions`` reads it).
+like any other (``--captions`` reads it). A shard (``--shard I/N``) captions only its part of the
+images, in its shard folder, and ``generation.json`` says which part (``capbench merge``
+combines the shards' captions).
 
 Prompts: ``default`` is "Describe this image in detail." (CaptionQA's prompt, used for every
 benchmark); ``paraphrases`` draws, per image and reproducibly from the seed, one of several
@@ -130,10 +132,14 @@ class Captioner:
         name: str,
         overwrite: bool = False,
         on_batch: Callable[[int], None] | None = None,
+        shard: Mapping[str, Any] | None = None,
     ) -> GenerationReport:
-        """Caption every sample that has no caption yet in ``folder``; return the caption set."""
+        """Caption every sample that has no caption yet in ``folder``; return the caption set.
+
+        ``shard`` (which part of which images a shard captions) is recorded in ``generation.json``.
+        """
         with RunLock(folder):  # one writer per folder, shared with the scoring run that follows
-            return self._generate(samples, folder, name, overwrite, on_batch)
+            return self._generate(samples, folder, name, overwrite, on_batch, shard)
 
     def _generate(
         self,
@@ -142,13 +148,14 @@ class Captioner:
         name: str,
         overwrite: bool,
         on_batch: Callable[[int], None] | None,
+        shard: Mapping[str, Any] | None,
     ) -> GenerationReport:
         start = time.perf_counter()
         log, manifest_path = JsonlLog(folder / "generated.jsonl"), folder / "generation.json"
         if overwrite:
             log.reset()
         done = self._resume(log, manifest_path)
-        self._write_manifest(manifest_path, name, "running")
+        self._write_manifest(manifest_path, name, "running", shard=shard)
         todo = [s for s in samples if s.id not in done]
         failed: dict[str, str] = {}
         for offset in range(0, len(todo), self.batch_size):
@@ -165,7 +172,7 @@ class Captioner:
             done.update((r["id"], r["caption"]) for r in rows)
             if on_batch is not None:
                 on_batch(len(batch))
-        self._write_manifest(manifest_path, name, "failed" if failed else "complete", failed)
+        self._write_manifest(manifest_path, name, "failed" if failed else "complete", failed, shard)
         captions = {s.id: done[s.id] for s in samples if s.id in done}
         reused = len(samples) - len(todo)
         return GenerationReport(
@@ -190,8 +197,15 @@ class Captioner:
                 )
         return {row["id"]: row["caption"] for _, row in log.rows()}
 
-    def _write_manifest(self, path: Path, name: str, status: str, failed: Mapping[str, str] | None = None) -> None:
-        manifest = {
+    def _write_manifest(
+        self,
+        path: Path,
+        name: str,
+        status: str,
+        failed: Mapping[str, str] | None = None,
+        shard: Mapping[str, Any] | None = None,
+    ) -> None:
+        manifest: dict[str, Any] = {
             "caption_set": name,
             "model": self.model,
             "settings": self.settings(),
@@ -199,6 +213,8 @@ class Captioner:
             "failed": dict(failed or {}),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if shard is not None:
+            manifest["shard"] = dict(shard)
         atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 

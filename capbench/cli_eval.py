@@ -101,6 +101,7 @@ def config_from_options(opts: Mapping[str, Any]) -> EvalConfig:
         "cache": not opts.get("no_cache"),
         "record_judge": opts.get("record_judge"),
         "limit": opts.get("limit"),
+        "shard": opts.get("shard"),
         "seed": opts["seed"],
         "batch_size": opts["batch_size"],
     }
@@ -167,6 +168,7 @@ def run(opts: Mapping[str, Any]) -> None:
         evaluation = run_plan(plan, _CliReporter(progress))
     if not plan.metrics:
         _report_generation(evaluation.generation, opts["as_json"])
+        _report_shard(plan.config, opts["as_json"])
         return
     if opts["as_json"]:
         click.echo(json.dumps(evaluation.to_dict(), indent=2))
@@ -174,7 +176,19 @@ def run(opts: Mapping[str, Any]) -> None:
         if evaluation.generation is not None:
             _report_generation(evaluation.generation, False)
         print_results(evaluation, plan.judges["text"].label)
+        _report_shard(plan.config, False)
     check_failures(list(evaluation.values()), opts.get("fail_at", 1.0))
+
+
+def _report_shard(config: EvalConfig, as_json: bool) -> None:
+    """Say that a shard's numbers cover its part only, and how to merge the parts."""
+    shard = config.shard_spec
+    if shard is not None and not as_json:
+        Console().print(
+            f"shard {shard}: the numbers above cover this shard's part only; when all {shard.count} shards have "
+            f"finished, `capbench merge {config.results_dir}` combines them",
+            markup=False,
+        )
 
 
 def check_failures(results: Sequence[SetResult], fail_at: float) -> None:

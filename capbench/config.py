@@ -9,12 +9,13 @@ settings), still before any model loads.
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from capbench.engines import DEFAULT_JUDGE
 from capbench.errors import ConfigError
@@ -25,6 +26,54 @@ Choices = {
     "fact_protocol": ("auto", "official", "greedy", "embedded"),
     "arena_order": ("both", "single"),
 }
+_Item = TypeVar("_Item")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One part of an evaluation split over ``count`` processes; ``index`` counts from 0, as SLURM array ids do.
+
+    Shard ``i`` of ``n`` takes the selected samples at positions ``i, i + n, i + 2n, …`` (benchmark
+    order, after ``limit``): every shard agrees on the split without talking to the others, and
+    the shards' sizes differ by at most one.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"shard {self.index}/{self.count}: I must run from 0 to N-1 in shard I/N")
+
+    @classmethod
+    def parse(cls, text: str, what: str = "--shard") -> Shard:
+        """Read ``'I/N'`` (``'0/4'`` is the first of 4 shards).
+
+        Raises:
+            ConfigError: not ``I/N``, ``N`` below 1, or ``I`` outside ``0 … N-1``; the message names ``what``.
+        """
+        found = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+        if found is None:
+            raise ConfigError(
+                f"{what} is {text!r}; write I/N with I counted from 0, e.g. 0/4 for the first of 4 shards "
+                "(SLURM: --shard $SLURM_ARRAY_TASK_ID/4 with --array=0-3)"
+            )
+        index, count = int(found.group(1)), int(found.group(2))
+        if count < 1:
+            raise ConfigError(f"{what} is {text!r}: N, the number of shards, must be at least 1")
+        if index >= count:
+            raise ConfigError(
+                f"{what} is {text!r}: shards are counted from 0, so I runs from 0 to {count - 1} "
+                f"(SLURM: --array=0-{count - 1} with --shard $SLURM_ARRAY_TASK_ID/{count})"
+            )
+        return cls(index, count)
+
+    def part(self, items: Sequence[_Item]) -> list[_Item]:
+        """Return this shard's items: positions ``index``, ``index + count``, …"""
+        return list(items[self.index :: self.count])
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +134,9 @@ class EvalConfig:
     seed: int = 0
     limit: int | None = None
     """Score only the first N samples."""
+    shard: str | None = None
+    """Evaluate only shard 'I/N' of the selected samples (I counted from 0: '0/4' … '3/4'), in a shard folder of
+    its own; `capbench merge` (:func:`capbench.merge_shards`) combines the N shards into one run."""
     batch_size: int = 8
     """Samples per judging batch (results are saved after each)."""
     results_dir: PathLike = "results"
@@ -119,6 +171,8 @@ class EvalConfig:
                 raise ConfigError(f"EvalConfig.{name} must be at least 1, not {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"EvalConfig.limit must be at least 1 (or None for every sample), not {self.limit}")
+        if self.shard is not None:
+            Shard.parse(self.shard, "EvalConfig.shard")
         if self.caption_temperature < 0:
             raise ConfigError(f"EvalConfig.caption_temperature must be 0 or more, not {self.caption_temperature}")
         for name in self.metric_names:
@@ -133,6 +187,11 @@ class EvalConfig:
                         f"EvalConfig.metrics[{metric!r}] must be a mapping of that metric's settings, "
                         f"not {type(settings).__name__}"
                     )
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        """``shard`` parsed (None when the evaluation is not sharded)."""
+        return None if self.shard is None else Shard.parse(self.shard, "EvalConfig.shard")
 
     @property
     def metric_names(self) -> tuple[str, ...]:

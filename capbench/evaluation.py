@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from capbench import __version__
+from capbench.config import Shard
 from capbench.data import Benchmark
 from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response, preflight
 from capbench.engines.cache import CachedEngine, CallStats
@@ -111,6 +112,26 @@ def select_samples(benchmark: Benchmark, captions: CaptionSet, limit: int | None
     return chosen[:limit] if limit is not None else chosen
 
 
+def shard_block(shard: Shard, chosen: Sequence[Sample], captions: CaptionSet | None = None) -> dict[str, Any]:
+    """What a shard's manifest (or ``generation.json``) says about the evaluation it is a part of.
+
+    ``chosen`` is the whole selection the shards split; ``captions`` the caption set scored.
+    """
+    block: dict[str, Any] = {
+        "index": shard.index,
+        "count": shard.count,
+        "ids": [s.id for s in shard.part(chosen)],
+        "selection": {"samples": len(chosen), "ids_sha256": content_hash([s.id for s in chosen])},
+    }
+    if captions is not None:
+        known = all(s.id in captions.captions for s in chosen)
+        # null when the shard knows only its own captions (those its model generated)
+        block["selection"]["captions_sha256"] = (
+            content_hash({s.id: captions.captions[s.id] for s in chosen}) if known else None
+        )
+    return block
+
+
 def check_needs(benchmark: Benchmark, metrics: Sequence[Metric]) -> None:
     """Refuse metrics whose inputs the benchmark lacks, before any judge is called."""
     for metric in metrics:
@@ -157,7 +178,12 @@ def _short(value: Any) -> str:
 
 
 class Evaluator:
-    """Scores caption sets with metrics and judges, one resumable run directory per set."""
+    """Scores caption sets with metrics and judges, one resumable run directory per set.
+
+    ``settings``, the :class:`~capbench.config.EvalConfig` fields that built ``metrics``
+    (:func:`capbench.shards.scoring_settings`), go into a shard's manifest, so that the merge of
+    the shards builds the same metrics.
+    """
 
     def __init__(
         self,
@@ -168,6 +194,7 @@ class Evaluator:
         batch_size: int = 8,
         progress: Progress | None = None,
         command: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         check_needs(benchmark, metrics)
         self.benchmark = benchmark
@@ -181,23 +208,47 @@ class Evaluator:
         self.batch_size = max(1, batch_size)
         self.command = list(command) if command is not None else list(sys.argv)
         self.progress = progress
+        self.settings = dict(settings) if settings is not None else None
 
-    def evaluate(self, captions: CaptionSet, limit: int | None = None, overwrite: bool = False) -> RunResult:
+    def evaluate(
+        self,
+        captions: CaptionSet,
+        limit: int | None = None,
+        overwrite: bool = False,
+        shard: Shard | None = None,
+        selection: Sequence[Sample] | None = None,
+    ) -> RunResult:
         """Score one caption set with every metric; resume a matching earlier run unless ``overwrite``.
 
+        With ``shard``, only that shard's part of the selected samples is scored, into the shard's
+        own folder. ``selection`` replaces the samples the caption set covers (after ``limit``) as
+        what is split: captions a model generated shard by shard cover only their own shard.
         Every check runs before anything is written: a refused run leaves its folder as it was.
         """
-        samples = select_samples(self.benchmark, captions, limit)
+        chosen = list(selection) if selection is not None else select_samples(self.benchmark, captions, limit)
+        samples = [s for s in (shard.part(chosen) if shard else chosen) if s.id in captions.captions]
         for judge in self.cached_judges.values():
             preflight(judge)  # an unreachable or misconfigured judge is named before any work
-        run = RunDir(self.results_dir, self.benchmark.name, captions.name)
+        run = RunDir(self.results_dir, self.benchmark.name, captions.name, shard)
+        block = shard_block(shard, chosen, captions) if shard else None
         with run.lock():  # one writer per folder: a second run is refused, naming this one
-            return self._evaluate(run, samples, captions, overwrite)
+            return self._evaluate(run, samples, captions, overwrite, block)
 
-    def _evaluate(self, run: RunDir, samples: list[Sample], captions: CaptionSet, overwrite: bool) -> RunResult:
+    def _evaluate(
+        self,
+        run: RunDir,
+        samples: list[Sample],
+        captions: CaptionSet,
+        overwrite: bool,
+        shard: dict[str, Any] | None = None,
+    ) -> RunResult:
         """Score ``samples`` into ``run``, whose lock the caller holds."""
         manifest = self._previous_manifest(run, overwrite)
         configs = {m.name: run_config(self.benchmark.name, m, self.judges) for m in self.metrics}
+        if shard is not None:  # what built each metric scored here, this session's and earlier ones'
+            earlier = (manifest.get("shard") or {}).get("settings") or {}
+            now = {m.name: _settings_of(self.settings, m.name) for m in self.metrics}
+            shard = {**shard, "settings": {**earlier, **now}}
         logged = {
             m.name: self._check(run, m, configs[m.name], manifest, samples, captions, overwrite) for m in self.metrics
         }
@@ -244,7 +295,7 @@ class Evaluator:
             stats = judge_usage(self.cached_judges, before)
             session = {"started": _iso(started), "seconds": round(time.time() - started, 3), "status": status}
             sessions.append({**session, **stats})
-            run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status))
+            run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status, shard))
         resumed = {name: len(scores) for name, scores in done.items()}
         first_error = next((w.first_error for w in self.watches.values() if w.first_error), None)
         return RunResult(
@@ -323,8 +374,9 @@ class Evaluator:
         metrics: Mapping[str, Any],
         sessions: list[dict[str, Any]],
         status: str,
+        shard: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return {
+        manifest: dict[str, Any] = {
             "format": RESULTS_FORMAT,
             "capbench_version": __version__,
             "benchmark": self.benchmark.name,
@@ -344,6 +396,21 @@ class Evaluator:
             "status": status,
             "updated": _iso(time.time()),
         }
+        if shard is not None:
+            settings = {name: shard["settings"].get(name) for name in metrics}
+            # what every shard of one evaluation must share: each metric's settings, prompts and judges
+            digest = content_hash({name: entry.get("config_hash") for name, entry in metrics.items()})
+            manifest["shard"] = {**shard, "settings": settings, "settings_sha256": digest}
+        return manifest
+
+
+def _settings_of(settings: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """The settings that build metric ``name`` alone (its entry of ``metrics`` only)."""
+    if settings is None:
+        return None
+    metrics = settings.get("metrics")
+    own = {name: dict(metrics.get(name) or {})} if isinstance(metrics, Mapping) else [name]
+    return {**settings, "metrics": own}
 
 
 def _plugin_safe(

@@ -24,7 +24,7 @@ from capbench.hashing import content_hash
 from capbench.metrics import build_metric, describe, metric_names
 from capbench.metrics.base import Metric, Unit, headline
 from capbench.records import RESERVED_METRIC_NAMES, MetricInfo, SampleScore, check_format, read_caption_file
-from capbench.runs import ScoreLog, safe_name
+from capbench.runs import SHARDS, ScoreLog, safe_name
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ class Evaluation(Mapping[str, SetResult]):
         }
         if self.generation is not None:
             report["generation"] = self.generation.to_dict()
+        if self.config.shard is not None:
+            report["shard"] = self.config.shard
         return report
 
 
@@ -142,7 +144,7 @@ def read_run(path: str | os.PathLike[str]) -> SetResult:
         raise InputError(f"{manifest_path}: not a capbench manifest (no 'metrics' mapping)")
     check_format(manifest.get("format", 0), str(manifest_path))
     captions: dict[str, str] = {}
-    if (folder / "captions.jsonl").exists():
+    if (folder / "captions.jsonl").exists() and (folder / "captions.jsonl").stat().st_size:  # empty: a shard of none
         captions = dict(read_caption_file(folder / "captions.jsonl").captions)
     summary: dict[str, dict[str, Any]] = {}
     info: dict[str, MetricInfo] = {}
@@ -183,6 +185,9 @@ def read_results(
 ) -> dict[str, dict[str, SetResult]]:
     """Read every run under a results folder: ``{benchmark: {caption set: SetResult}}``.
 
+    Shards of an evaluation (``capbench eval --shard``) are not runs of their own: they are read
+    once ``capbench merge`` has merged them.
+
     Raises:
         InputError: the folder does not exist, or a run in it cannot be read.
     """
@@ -192,6 +197,8 @@ def read_results(
     out: dict[str, dict[str, SetResult]] = {}
     for manifest in sorted(root.glob("*/*/manifest.json")):
         result = read_run(manifest.parent)
+        if "shard" in result.manifest:  # a shard folder moved where runs live
+            continue
         if benchmark is None or result.benchmark == benchmark:
             out.setdefault(result.benchmark, {})[result.name] = result
     return out
@@ -300,8 +307,15 @@ def load_results(results_dir: str | Path, benchmark: str | None = None) -> Resul
     for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
         if not (folder / "manifest.json").exists() and any(folder.glob("*.jsonl")):
             warnings.append(f"{folder}: scores without a manifest.json (a run killed early?); left out")
+    unmerged = _unmerged(root, benchmark)
+    warnings += unmerged
     if not runs and others:
         raise InputError(f"{root}: no results for benchmark {benchmark!r}; it has: {', '.join(sorted(others))}")
+    if not runs and unmerged:
+        raise InputError(
+            f"{root}: no results yet, only {len(unmerged)} caption set(s) of shards not merged; when every shard "
+            f"has finished, run `capbench merge {root}`"
+        )
     if not runs:
         raise InputError(f"{root}: no results; run `capbench eval` first (it writes results there)")
     return Results(root, runs, warnings, time.perf_counter() - started)
@@ -320,6 +334,13 @@ class _Reader:
         """Return the run whose manifest is ``path`` (None, with a warning, if it cannot be read)."""
         manifest = _read_manifest(path, self.warnings)
         if manifest is None:
+            return None
+        if "shard" in manifest:
+            self.warnings.append(
+                f"{path.parent}: one shard ({manifest['shard'].get('index')}/{manifest['shard'].get('count')}) of an "
+                "evaluation, not a whole run; left out: put it back under <results>/<benchmark>/_shards/<set>/ "
+                "and run `capbench merge`"
+            )
             return None
         folder = path.parent
         captions = _read_captions(folder / "captions.jsonl", self.warnings)
@@ -402,6 +423,17 @@ class _Reader:
                 f"provides metric {name!r}, or rescore with this capbench (`capbench eval ... -m {name} --overwrite`)"
             )
         return self.warnings
+
+
+def _unmerged(root: Path, benchmark: str | None = None) -> list[str]:
+    """Warn of caption sets whose shards (``capbench eval --shard``) have no merged run yet."""
+    pattern = f"{safe_name(benchmark) if benchmark else '*'}/{SHARDS}/*"
+    return [
+        f"{folder}: shards of an evaluation, not merged yet; left out: when every shard has finished, run "
+        f"`capbench merge {root}`"
+        for folder in sorted(p for p in root.glob(pattern) if p.is_dir() and not p.name.startswith("."))
+        if not (folder.parent.parent / folder.name).exists()
+    ]
 
 
 def _read_manifest(path: Path, warnings: list[str]) -> dict[str, Any] | None:

@@ -8,6 +8,11 @@ A run lives in ``<results>/<benchmark>/<caption set>/``:
 - ``manifest.json``: what produced the scores (command, versions, judge fingerprints, prompt
   hashes, metric settings), each session's timings and judge usage, and the summaries;
 - ``.lock``, while a run writes: one writer per folder (:class:`RunLock`).
+
+A shard of a run (``capbench eval --shard I/N``) has the same files in
+``<results>/<benchmark>/_shards/<caption set>/<I>-of-<N>/``: below the depth where readers look
+for runs (``*/*/manifest.json``), so a shard is never read as a whole run. ``capbench merge``
+(:mod:`capbench.shards`) writes the merged run to the caption set's ordinary folder.
 """
 
 from __future__ import annotations
@@ -18,18 +23,26 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from capbench.errors import InputError
 from capbench.records import SampleScore, check_format, jsonl_line, read_jsonl
 
+if TYPE_CHECKING:
+    from capbench.config import Shard
+
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
+#: The folder of a benchmark's shards: a name no caption set's folder can take (safe names never start with "_").
+SHARDS = "_shards"
+#: A shard's folder name, ``<I>-of-<N>``.
+SHARD_FOLDER = re.compile(r"([0-9]+)-of-([0-9]+)")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -75,6 +88,35 @@ def atomic_write_text(path: Path, text: str) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def publish_folder(target: Path, files: Mapping[str, str], staging: Path) -> None:
+    """Make ``target`` a folder holding exactly ``files`` (name -> text), whole or not at all.
+
+    The files are written to a new folder in ``staging`` (on the same file system as ``target``),
+    which is then renamed to ``target``. A ``target`` already there is moved aside first and then
+    removed, so a reader sees the old folder, none, or the new one, never half of one.
+
+    Raises:
+        InputError: a file or folder cannot be written (the message says why and what to do).
+    """
+    with writing(staging):
+        staging.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=staging))
+        os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes folders private; results are meant to be shared
+    try:
+        for name, text in files.items():
+            atomic_write_text(folder / name, text)
+        with writing(target):
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=staging))
+                os.replace(target, old)
+                os.replace(folder, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(folder, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # gone when renamed; else the files of a failed write
 
 
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
@@ -240,6 +282,27 @@ class RunLock:
                 self.folder.rmdir()  # only if the run wrote nothing else there
 
 
+def writer_state(folder: Path) -> tuple[Literal["free", "running", "killed"], str]:
+    """Tell whether a run writes to ``folder`` now, was killed there, or neither; without changing anything.
+
+    A run removes its ``.lock`` when it ends, also when it is interrupted; a ``.lock`` that nobody
+    holds was left by a run that was killed (or one that is just starting).
+    Returns the state and, for 'running', who holds the lock.
+    """
+    path = folder / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "free", ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "running", _read_holder(path)
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return "killed", ""
+
+
 def _read_holder(path: Path) -> str:
     """Describe the process named in a lock file, as well as it can be read."""
     try:
@@ -251,10 +314,14 @@ def _read_holder(path: Path) -> str:
 
 
 class RunDir:
-    """The folder of one caption set's results on one benchmark."""
+    """The folder of one caption set's results on one benchmark (or of one shard of them)."""
 
-    def __init__(self, results_dir: Path, benchmark: str, caption_set: str) -> None:
-        self.path = Path(results_dir) / safe_name(benchmark) / safe_name(caption_set)
+    def __init__(self, results_dir: Path, benchmark: str, caption_set: str, shard: Shard | None = None) -> None:
+        folder = Path(results_dir) / safe_name(benchmark)
+        if shard is None:
+            self.path = folder / safe_name(caption_set)
+        else:
+            self.path = folder / SHARDS / safe_name(caption_set) / f"{shard.index}-of-{shard.count}"
 
     def lock(self) -> RunLock:
         """Return the folder's writer lock (a context manager)."""
