@@ -272,6 +272,7 @@ class Evaluator:
             )
             self.progress.start(captions.name, planned)
         before = {role: _snapshot(j.stats) for role, j in self.cached_judges.items()}
+        servers_before = {role: server_stats(j) for role, j in self.cached_judges.items()}
         started = time.time()
         summaries: dict[str, dict[str, Any]] = {}
         unscored: dict[str, int] = {}
@@ -294,7 +295,8 @@ class Evaluator:
         finally:
             stats = judge_usage(self.cached_judges, before)
             session = {"started": _iso(started), "seconds": round(time.time() - started, 3), "status": status}
-            sessions.append({**session, **stats})
+            servers = server_usage(self.cached_judges, servers_before)
+            sessions.append({**session, **stats, **({"servers": servers} if servers else {})})
             run.write_manifest(self._manifest(captions, samples, metric_entries, sessions, status, shard))
         resumed = {name: len(scores) for name, scores in done.items()}
         first_error = next((w.first_error for w in self.watches.values() if w.first_error), None)
@@ -465,6 +467,46 @@ def judge_usage(
             if isinstance(value, (int, float)):
                 total[key] = total.get(key, 0) + value - start.get(key, 0)
     return total
+
+
+def server_stats(judge: Any) -> dict[str, dict[str, Any]]:
+    """A judge's figures per server (an engine spreading calls over URLs: ``server_stats()``), else none."""
+    engine = judge
+    while engine is not None and not callable(getattr(engine, "server_stats", None)):
+        engine = getattr(engine, "engine", None)
+    return engine.server_stats() if engine is not None else {}
+
+
+def server_usage(
+    judges: Mapping[str, Any], before: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each judge's figures per server since ``before``: counts as differences, states as they are now.
+
+    What a session's manifest entry records, so a server's errors, latency and load in a run can
+    be read back (a URL's user name and password, if it holds any, are not written).
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for role, judge in judges.items():
+        for url, now in server_stats(judge).items():
+            start = before.get(role, {}).get(url, {})
+            figures = {
+                k: (round(v - start.get(k, 0), 3) if k in _SERVER_COUNTS else v)
+                for k, v in now.items()
+                if k != "in_flight"
+            }
+            calls = figures.get("requests", 0)
+            figures["mean_seconds"] = round(figures.get("seconds", 0) / calls, 4) if calls else None
+            out.setdefault(role, {})[_without_credentials(url)] = figures
+    return out
+
+
+_SERVER_COUNTS = ("requests", "retries", "failed_calls", "errors", "seconds", "marked_down")
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _snapshot(stats: CallStats) -> dict[str, Any]:

@@ -310,16 +310,22 @@ def test_server_stats_count_calls_retries_and_errors(serve, engines, monkeypatch
     engine = OpenAIEngine("m", server.url, api_key_env="CAPBENCH_TEST_KEY", concurrency=1, **FAST)
     engines.append(engine)
     assert engine.server_stats() == {
-        server.url: {"requests": 0, "retries": 0, "errors": 0, "seconds": 0.0, "in_flight": 0, "peak_in_flight": 0}
-    }
+        server.url: {"requests": 0, "retries": 0, "failed_calls": 0, "errors": 0, "seconds": 0.0, "in_flight": 0,
+                     "peak_in_flight": 0, "marked_down": 0, "down": False, "last_error": ""}
+    }  # fmt: skip
     fine, retried, refused = engine.run([_ask("fine"), _ask("retried"), _ask("refused")])
     assert fine.ok and retried.ok and "HTTP 404" in refused.error
     stats = engine.server_stats()[server.url]
-    assert {k: stats[k] for k in ("requests", "retries", "errors", "in_flight", "peak_in_flight")} == {
+    keys = ("requests", "retries", "failed_calls", "errors", "in_flight", "peak_in_flight", "marked_down", "down")
+    assert {k: stats[k] for k in keys} == {
         "requests": 4,
         "retries": 1,
+        "failed_calls": 2,  # the 503 (retried) and the 404
         "errors": 1,
         "in_flight": 0,
         "peak_in_flight": 1,
+        "marked_down": 1,  # a 503: out of rotation until it answered the retry
+        "down": False,
     }
+    assert "HTTP 404" in stats["last_error"]
     assert stats["seconds"] > 0 and secret not in json.dumps(engine.server_stats())

@@ -23,52 +23,139 @@ if TYPE_CHECKING:
 
 @dataclass
 class EndpointStats:
-    """What one base URL was sent by this process's runs of an engine; plain numbers."""
+    """What one base URL was sent by this process's runs of an engine, and how it answered."""
 
     requests: int = 0  # HTTP calls sent: retries and extra draws included
     retries: int = 0  # of those, calls that repeated a failed one
-    errors: int = 0  # calls that ended in a failure, after any retries
+    failed_calls: int = 0  # calls that failed (each retried one included)
+    errors: int = 0  # requests that ended in a failure here, after any retries
     seconds: float = 0.0  # time spent waiting for replies, summed over concurrent calls
     in_flight: int = 0
     peak_in_flight: int = 0
+    marked_down: int = 0  # times it was taken out of rotation (unreachable, or 502/503/504)
+    down: bool = False  # out of rotation now, waiting for its next probe
+    last_error: str = ""
+
+
+#: Seconds a server that stopped answering stays out of rotation after its first failure; doubled
+#: with each failure in a row, up to :data:`COOLDOWN_CAP`. Then one request probes it.
+COOLDOWN = 1.0
+COOLDOWN_CAP = 30.0
 
 
 class Pool:
-    """Base URLs with one concurrency limit each; a call goes to the least busy one.
+    """Base URLs with one concurrency limit each; a call goes to the least busy server in rotation.
 
     One pool serves every run of an engine (on its event loop), so the limits, the busy counts
     that spread the load and the statistics cover all callers together.
+
+    A server that cannot be reached (or answers 502, 503, 504) leaves the rotation for a cooldown
+    that doubles with each failure in a row (:data:`COOLDOWN` to :data:`COOLDOWN_CAP`); then one
+    request at a time probes it, and the first answer puts it back. Calls go to servers in
+    rotation while there are any; a retry avoids the server that just failed. So a server that
+    dies for good costs the requests it held, which are retried on the others, and one that comes
+    back is used again.
     """
 
     def __init__(self, urls: tuple[str, ...], concurrency: int, stats: dict[str, EndpointStats] | None = None) -> None:
         self.urls = urls
-        self.busy = [0] * len(urls)  # calls holding or waiting for each endpoint's slots
-        self.limits = [asyncio.Semaphore(concurrency) for _ in urls]
+        self.concurrency = concurrency
+        self.busy = [0] * len(urls)  # calls each endpoint holds now
+        # Calls waiting for a slot, in order; each is handed a server only when a slot frees, so a
+        # call never queues behind a server that dies meanwhile.
+        self.waiting: list[tuple[str | None, asyncio.Future[int]]] = []
         self.next = 0
         self.stats = stats if stats is not None else {url: EndpointStats() for url in urls}
+        for url in urls:
+            self.stats[url].down = False
+        self.strikes = [0] * len(urls)  # failures in a row
+        self.back_at = [0.0] * len(urls)  # when a server out of rotation may be probed
+        self.probing = [False] * len(urls)
+
+    def _eligible(self, index: int, now: float) -> bool:
+        return self.strikes[index] == 0 or (now >= self.back_at[index] and not self.probing[index])
+
+    def in_rotation(self, avoid: str | None = None) -> bool:
+        """Whether some server other than ``avoid`` may take a call now."""
+        now = time.monotonic()
+        return any(self._eligible(i, now) and url != avoid for i, url in enumerate(self.urls))
+
+    def _pick(self, avoid: str | None) -> int | None:
+        """The server a call should go to now, or None to wait for a slot to free."""
+        count, now = len(self.urls), time.monotonic()
+        order = [(self.next + k) % count for k in range(count)]
+        eligible = [i for i in order if self._eligible(i, now)]
+        if not eligible:  # every server out of rotation: the one due back first, as a probe
+            eligible = [min(order, key=lambda i: self.back_at[i])]
+        preferred = [i for i in eligible if self.urls[i] != avoid] or eligible
+        free = [i for i in preferred if self.busy[i] < self.concurrency]
+        return min(free, key=lambda i: self.busy[i]) if free else None
 
     @asynccontextmanager
-    async def slot(self, retry: bool = False) -> AsyncIterator[str]:
-        """Hold a slot on the least busy endpoint (round robin among ties) and yield its URL."""
-        count = len(self.urls)
-        index = min(((self.next + k) % count for k in range(count)), key=lambda i: self.busy[i])
-        self.next = (index + 1) % count
-        self.busy[index] += 1
+    async def slot(self, retry: bool = False, avoid: str | None = None) -> AsyncIterator[str]:
+        """Hold a slot on the least busy server in rotation (not ``avoid`` if another can) and yield its URL."""
+        index = self._pick(avoid)
+        if index is None:  # wait to be handed a slot as one frees (on a server chosen then)
+            handed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            entry = (avoid, handed)
+            self.waiting.append(entry)
+            try:
+                index = await handed
+            except asyncio.CancelledError:
+                if entry in self.waiting:
+                    self.waiting.remove(entry)
+                elif handed.done() and not handed.cancelled():  # handed a slot, cancelled before using it
+                    self._release(handed.result())
+                raise
+        else:
+            self._take(index)
+        stats = self.stats[self.urls[index]]
+        stats.requests += 1
+        stats.retries += retry
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        start = time.perf_counter()
         try:
-            async with self.limits[index]:
-                stats = self.stats[self.urls[index]]
-                stats.requests += 1
-                stats.retries += retry
-                stats.in_flight += 1
-                stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
-                start = time.perf_counter()
-                try:
-                    yield self.urls[index]
-                finally:
-                    stats.in_flight -= 1
-                    stats.seconds += time.perf_counter() - start
+            yield self.urls[index]
         finally:
-            self.busy[index] -= 1
+            stats.in_flight -= 1
+            stats.seconds += time.perf_counter() - start
+            self._release(index)
+
+    def _take(self, index: int) -> None:
+        self.next = (index + 1) % len(self.urls)
+        self.probing[index] = self.strikes[index] > 0
+        self.busy[index] += 1
+
+    def _release(self, index: int) -> None:
+        """Free a slot and hand free slots to waiting calls, first come first served (no await)."""
+        self.busy[index] -= 1
+        self.probing[index] = False
+        for entry in list(self.waiting):
+            if all(busy >= self.concurrency for busy in self.busy):
+                break
+            avoid, handed = entry
+            chosen = None if handed.done() else self._pick(avoid)
+            if handed.done() or chosen is not None:
+                self.waiting.remove(entry)
+            if chosen is not None:
+                self._take(chosen)
+                handed.set_result(chosen)
+
+    def answered(self, url: str, error: str | None = None, down: bool = False) -> None:
+        """Record how ``url`` answered one call: fine, failed, or failed as a server that is not there."""
+        index, stats = self.urls.index(url), self.stats[url]
+        if error is None:
+            self.strikes[index] = 0
+            stats.down = False
+            return
+        stats.failed_calls += 1
+        stats.last_error = error[:300]
+        if down and (not stats.down or self.probing[index]):  # its first failure, or a failed probe
+            self.strikes[index] += 1
+            self.back_at[index] = time.monotonic() + min(COOLDOWN * 2 ** (self.strikes[index] - 1), COOLDOWN_CAP)
+            stats.marked_down += not stats.down
+            stats.down = True
 
 
 def _new_lock() -> None:

@@ -129,6 +129,7 @@ class _Failure:
     retryable: bool
     retry_after: float | None = None
     rejected_format: bool = False
+    server_down: bool = False  # the server is not there (unreachable, or 502/503/504): try another
 
 
 @dataclass
@@ -352,9 +353,10 @@ class OpenAIEngine:
     def server_stats(self) -> dict[str, dict[str, float]]:
         """Return, per base URL, what this process sent it over all runs, close() included.
 
-        Each holds ``requests`` (HTTP calls, retries included), ``retries``, ``errors`` (calls that
-        failed after any retries), ``seconds`` (waiting for replies, summed over concurrent calls),
-        and ``in_flight`` now and ``peak_in_flight`` since the first run.
+        Each holds ``requests`` (HTTP calls, retries included), ``retries``, ``failed_calls``,
+        ``errors`` (requests that failed there after any retries), ``seconds`` (waiting for replies,
+        summed over concurrent calls), ``in_flight`` now and ``peak_in_flight`` since the first run,
+        ``marked_down`` (times it left the rotation), ``down`` (out of it now) and ``last_error``.
         """
         shared = self._shared
         if shared is None or shared.pid != os.getpid():
@@ -465,19 +467,25 @@ class OpenAIEngine:
         return body
 
     async def _post(self, state: _RunState, body: dict[str, Any]) -> dict[str, Any] | _Failure:
-        """POST one body, retrying transient failures; return the reply's JSON or the last failure."""
+        """POST one body, retrying transient failures; return the reply's JSON or the last failure.
+
+        A server that cannot be reached (or says it is unavailable) leaves the pool's rotation, and
+        the retry goes at once to another server in rotation; other retries wait a backoff.
+        """
         failure = _Failure("no attempt made", retryable=True)
+        failed_at: str | None = None
         for attempt in range(self.max_retries + 1):
-            if attempt:
+            if attempt and not (failure.server_down and state.pool.in_rotation(avoid=failed_at)):
                 await asyncio.sleep(self._delay(attempt - 1, failure.retry_after))
-            async with state.pool.slot(retry=attempt > 0) as url:
+            async with state.pool.slot(retry=attempt > 0, avoid=failed_at) as url:
                 self.calls_per_endpoint[url] += 1
                 try:
                     reply = await state.client.post(f"{url}/chat/completions", json=body, headers=state.headers)
                 except httpx.TransportError as exc:
                     # Bad URLs and local protocol misuse will fail the same way again.
                     fatal = isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError)
-                    failure = _Failure(f"{type(exc).__name__} at {url}: {exc}".rstrip(": "), retryable=not fatal)
+                    message = f"{type(exc).__name__} at {url}: {exc}".rstrip(": ")
+                    failure = _Failure(message, retryable=not fatal, server_down=not fatal)
                 else:
                     if reply.status_code == 200:
                         try:
@@ -485,17 +493,25 @@ class OpenAIEngine:
                         except ValueError:
                             data = None
                         if isinstance(data, dict):
+                            state.pool.answered(url)
                             return data
                         # A garbled body (cut short, empty, or a proxy's null or list) is as transient as a 5xx.
                         failure = _Failure(f"reply from {url} is not a JSON object", retryable=True)
                     else:
                         failure = _http_failure(reply, url, "response_format" in body)
+                # recorded while the slot is held: a probe's verdict is in before the next call picks
+                state.pool.answered(url, self._redact(state, failure.message), failure.server_down)
+            failed_at = url
             if not failure.retryable:
                 break
         else:
             failure = _Failure(f"{failure.message} (gave up after {self.max_retries + 1} attempts)", retryable=False)
         state.pool.stats[url].errors += 1
         return failure
+
+    @staticmethod
+    def _redact(state: _RunState, text: str) -> str:
+        return text.replace(state.key, "***") if state.key else text
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -541,6 +557,7 @@ def _http_failure(reply: httpx.Response, url: str, sent_format: bool) -> _Failur
         retryable=is_retryable_status(status) and not rejected,
         retry_after=retry_after,
         rejected_format=rejected,
+        server_down=status in (502, 503, 504),
     )
 
 

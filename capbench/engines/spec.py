@@ -15,6 +15,7 @@ come from the environment only (the openai engine's ``api_key_env`` names the va
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,23 @@ def parse_engine(spec: str, options: Sequence[str] | Mapping[str, Any] = (), bas
                 f"engine option {name!r} looks like a secret; secrets come from the environment only "
                 "(e.g. api_key_env=MY_KEY_VARIABLE names the variable that holds the key)"
             )
+        for value in _strings(merged[name]):
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*@", value):
+                raise ConfigError(
+                    f"engine option {name!r} holds a URL with a user name or password; secrets come from the "
+                    "environment only (e.g. api_key_env=MY_KEY_VARIABLE names the variable that holds the key): "
+                    "give the URL without them"
+                )
     return EngineSpec(backend, model, merged)
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings in an option's value (a string, or a list of them)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str)]
+    return []
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
