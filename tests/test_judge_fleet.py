@@ -53,6 +53,14 @@ class Replica:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True
 
+            def do_GET(self) -> None:  # GET /v1/models: the one model it serves
+                payload = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 time.sleep(replica.delay)
@@ -204,3 +212,23 @@ def test_credentials_in_a_server_url_are_refused_and_never_written():
         parse_engine("openai:m", ["base_url=[http://a:8000/v1, http://user:pw@b:8000/v1]"])
     # an engine built in Python with such a URL: its figures are recorded under the URL without them
     assert _without_credentials("http://user:p@ss@host:8000/v1") == "http://host:8000/v1"
+
+
+def test_a_server_listed_twice_is_refused():
+    from capbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"base URL 'http://a:8000/v1' is listed 2 times; list each server once"):
+        OpenAIEngine("m", "http://a:8000/v1,http://b:8000/v1,http://a:8000/v1/")
+
+
+def test_an_unreachable_server_at_start_is_named(replicas):
+    from capbench.errors import EngineError
+
+    gone = replicas[1]
+    gone.kill()
+    engine = OpenAIEngine("m", [r.url for r in replicas], timeout=5)
+    with pytest.raises(EngineError) as caught:
+        engine.check()
+    message = str(caught.value)
+    assert f"{gone.url}: ConnectError" in message and "leave that server out of the list" in message
+    assert "\n" not in message

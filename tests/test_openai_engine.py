@@ -456,13 +456,13 @@ def test_retry_after_parsing(header, seconds):
 
 
 def test_base_urls():
-    assert parse_base_urls("http://a:1/v1, http://b:2/v1/ ,,http://a:1/v1") == ("http://a:1/v1", "http://b:2/v1")
+    assert parse_base_urls("http://a:1/v1, http://b:2/v1/ ,,") == ("http://a:1/v1", "http://b:2/v1")
     assert parse_base_urls(["http://a/v1,http://b/v1", "https://c/v1"]) == (
         "http://a/v1",
         "http://b/v1",
         "https://c/v1",
     )
-    for bad in ("", " , ", "a.example/v1"):
+    for bad in ("", " , ", "a.example/v1", "http://a:1/v1, http://a:1/v1/"):
         with pytest.raises(ConfigError):
             parse_base_urls(bad)
 

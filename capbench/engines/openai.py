@@ -68,9 +68,16 @@ SERVER_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len", "meta")
 
 
 def parse_base_urls(base_url: str | Sequence[str]) -> tuple[str, ...]:
-    """Split comma-separated base URLs, drop trailing slashes and repeats, and check the scheme."""
+    """Split comma-separated base URLs, drop trailing slashes, refuse repeats, and check the scheme."""
     items = base_url.split(",") if isinstance(base_url, str) else [u for part in base_url for u in part.split(",")]
-    urls = tuple(dict.fromkeys(u.strip().rstrip("/") for u in items if u.strip()))
+    listed = [u.strip().rstrip("/") for u in items if u.strip()]
+    urls = tuple(dict.fromkeys(listed))
+    if len(urls) < len(listed):
+        twice = next(u for u in urls if listed.count(u) > 1)
+        raise ConfigError(
+            f"openai engine: base URL {twice!r} is listed {listed.count(twice)} times; list each server once "
+            "(to send one server more requests at once, raise concurrency=)"
+        )
     if not urls:
         raise ConfigError("openai engine: give at least one base URL, e.g. http://127.0.0.1:8000/v1")
     for url in urls:
@@ -234,9 +241,11 @@ class OpenAIEngine:
         key = os.environ.get(self.api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         entries: set[str] = set()
+        asked = ""
         try:
             with httpx.Client(headers=headers, timeout=min(self.timeout, 10.0)) as client:
                 for url in self.base_urls:
+                    asked = url
                     reply = client.get(f"{url}/models")
                     reply.raise_for_status()
                     listing = reply.json()
@@ -251,6 +260,7 @@ class OpenAIEngine:
                 note = f"HTTP {status.status_code} {status.reason_phrase} from {exc.request.url}"
             else:
                 note = " ".join(f"{type(exc).__name__}: {exc}".split())
+                note = note if isinstance(exc, LookupError) else f"{asked}: {note}"
             self.server_note = note.replace(key, "***") if key else note
             self.server_fault = _fault(exc)
             return "unseen"
@@ -271,7 +281,8 @@ class OpenAIEngine:
         else:
             self.fingerprint()
         fixes = {
-            "unreachable": "start the server, or fix --judge-base-url",
+            "unreachable": "start the server, or fix --judge-base-url"
+            + (" (or leave that server out of the list)" if len(self.base_urls) > 1 else ""),
             "refused": f"set the API key in ${self.api_key_env} (or choose the variable with api_key_env=)",
             "unlisted": "fix the model name to one the server lists",
         }
