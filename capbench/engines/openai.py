@@ -260,7 +260,8 @@ class OpenAIEngine:
                 note = f"HTTP {status.status_code} {status.reason_phrase} from {exc.request.url}"
             else:
                 note = " ".join(f"{type(exc).__name__}: {exc}".split())
-                note = note if isinstance(exc, LookupError) else f"{asked}: {note}"
+                if len(self.base_urls) > 1 and not isinstance(exc, LookupError):  # which of them
+                    note = f"{asked}: {note}"
             self.server_note = note.replace(key, "***") if key else note
             self.server_fault = _fault(exc)
             return "unseen"
