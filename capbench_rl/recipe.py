@@ -129,6 +129,9 @@ class Recipe:
     """Rollouts per device per step (a multiple of num_generations over all devices)."""
     max_completion_length: int = 512
     """Most tokens per rollout."""
+    overlap_chunks: int = 1
+    """Generate each step's rollouts in this many chunks of whole groups, judging each while the next
+    generates (1: one batch, judged after it; at most the groups each process generates; docs/rl.md)."""
     temperature: float = 1.0
     """Rollout sampling temperature."""
     learning_rate: float = 1e-6
@@ -192,6 +195,7 @@ class Recipe:
             raise ConfigError("num_generations must be >= 2: group normalisation needs a group")
         if self.caprl_samples < 1:
             raise ConfigError(f"caprl_samples must be >= 1, got {self.caprl_samples}")
+        self._check_overlap()
         if self.data_file is not None:
             given = [name for name in BENCHMARK_OPTIONS if getattr(self, name) is not None]
             if given:
@@ -220,6 +224,23 @@ class Recipe:
                     f"recipe field {item.name} must be {expected}, not {value!r}; "
                     f"fix it in the recipe or with --set {item.name}={_example(hint)}"
                 )
+
+    def _check_overlap(self) -> None:
+        """Refuse overlap_chunks that cannot split each process's rollouts on whole groups.
+
+        Each process generates per_device_train_batch_size × steps_per_generation rollouts at once
+        (TRL's default steps_per_generation: gradient_accumulation_steps). With a
+        generation_batch_size in trl, that depends on the number of processes, and the check runs
+        when the trainer is built.
+        """
+        from capbench_rl.overlap import check_chunks
+
+        if self.overlap_chunks < 1 or "generation_batch_size" not in self.trl:
+            steps = self.trl.get("steps_per_generation") or self.trl.get("gradient_accumulation_steps") or 1
+            if not isinstance(steps, int):
+                return  # TRL's own check names it
+            source = f"per_device_train_batch_size {self.per_device_train_batch_size} × steps_per_generation {steps}"
+            check_chunks(self.overlap_chunks, self.per_device_train_batch_size * steps, self.num_generations, source)
 
     def _check_evaluation(self) -> None:
         """Refuse an evaluation that could only fail at the first checkpoint, hours into training."""

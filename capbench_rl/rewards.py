@@ -23,6 +23,10 @@ capbench leaves the whole rollout out of its group and gives it advantage 0
 A reward asks the judges only what its value needs: precision and recall run the BalCap
 metric without its linguistic rating, and the linguistic reward rates only the rollouts inside
 the length band; the stages they share (facts, matches, verdicts) are answered by the cache.
+
+A call made while :data:`PREFETCH` is set (the judging that overlaps generation,
+:mod:`capbench_rl.overlap`) counts nothing in :data:`STATS`: its rollouts are scored again, and
+counted, when TRL asks for the step's rewards.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +56,9 @@ RATED_VALUES = ("linguistic", "b_capscore")
 #: Per reward name: calls, rollouts, unscored (judge failed), masked (length), seconds.
 STATS: dict[str, Counter[str]] = {}
 _STATS_LOCK = threading.Lock()
+#: Set in the context of a prefetch (:mod:`capbench_rl.overlap`): its calls add nothing to :data:`STATS`,
+#: nor to a reward service's usage, and log no warning; TRL's own call for the step counts and reports them.
+PREFETCH: ContextVar[bool] = ContextVar("capbench_rl_prefetch", default=False)
 
 
 @dataclass(frozen=True)
@@ -368,6 +376,8 @@ def balcap_rewards(
 
 
 def _count(name: str, rollouts: int, unscored: int, masked: int, start: float) -> None:
+    if PREFETCH.get():
+        return
     with _STATS_LOCK:
         stats = STATS.setdefault(name, Counter())
         stats["calls"] += 1

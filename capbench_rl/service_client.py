@@ -43,6 +43,8 @@ TOKEN_ENV = "CAPBENCH_SERVE_TOKEN"
 
 #: The service's usage over every call this process made: judge_calls, cache_hits, failures, seconds.
 USAGE: Counter[str] = Counter()
+#: ... over the calls a prefetch made (:mod:`capbench_rl.overlap`), kept apart from :data:`USAGE`.
+PREFETCH_USAGE: Counter[str] = Counter()
 _USAGE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,15 @@ def check_url(url: str, field: str = "url") -> str:
     return str(url).rstrip("/")
 
 
-def service_usage() -> dict[str, float]:
-    """What the service reported spending on this process's calls so far (judge calls, cache hits, failures)."""
+def service_usage(prefetch: bool = False) -> dict[str, float]:
+    """What the service reported spending on this process's calls so far (judge calls, cache hits, failures).
+
+    Args:
+        prefetch: The prefetches' calls instead (judging that overlapped generation), which the
+            other figures leave out.
+    """
     with _USAGE_LOCK:
-        return dict(USAGE)
+        return dict(PREFETCH_USAGE if prefetch else USAGE)
 
 
 def score(
@@ -267,7 +274,8 @@ class _Call:
         usage = body.get("usage")
         if isinstance(usage, Mapping):
             with _USAGE_LOCK:
-                USAGE.update({k: v for k, v in usage.items() if isinstance(v, (int, float))})
+                counter = PREFETCH_USAGE if R.PREFETCH.get() else USAGE
+                counter.update({k: v for k, v in usage.items() if isinstance(v, (int, float))})
         return [
             {"id": r.get("id"), "rewards": dict(r.get("rewards") or {}), "errors": dict(r.get("errors") or {})}
             for r in results
@@ -393,7 +401,7 @@ class ServiceReward:
             out[i] = None if value is None else float(value)
             if value is None:
                 reasons[str(result["errors"].get(self.reward, "no value and no reason given"))] += 1
-        if reasons:
+        if reasons and not R.PREFETCH.get():  # a prefetch's failures are TRL's call's to report
             shown = "; ".join(f"{reason} (×{n})" for reason, n in reasons.most_common(3))
             log.warning("reward %s: %d of %d rollouts unscored by the service: %s", self.reward,
                         sum(reasons.values()), len(out), shown)  # fmt: skip

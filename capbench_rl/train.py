@@ -7,7 +7,9 @@ rest of the rollout, the update, and reward time overlapping generation; see
 :mod:`capbench_rl.timing`); per reward, its rollouts, the share masked by length, rollouts left
 unscored by a judge failure and its seconds; the rollouts left out of their group's statistics
 (a failed reward, see :mod:`capbench_rl.advantages`); the judges' calls, cache hits and failures;
-and what the caption facts were verified against (``precision_verified_by``).
+and what the caption facts were verified against (``precision_verified_by``). With
+``overlap_chunks`` above 1, rollouts are judged while the rest generate (:mod:`capbench_rl.overlap`),
+and ``prefetch`` counts that judging per step.
 With ``eval_benchmark`` set, every checkpoint is also scored by ``capbench eval``
 (:mod:`capbench_rl.evaluate`).
 """
@@ -28,6 +30,7 @@ from capbench_rl.advantages import LeaveOutFailed
 from capbench_rl.checks import check_recipe, check_service_up
 from capbench_rl.data import dataset
 from capbench_rl.evaluate import CheckpointEval, callback_base
+from capbench_rl.overlap import Overlap, check_chunks, missing_support
 from capbench_rl.recipe import TEXT_ONLY, TRL_FIELDS, Recipe
 from capbench_rl.service_client import ServiceReward, service_usage
 from capbench_rl.timing import PhaseTimer
@@ -110,6 +113,7 @@ def build_trainer(recipe: Recipe) -> Any:
         )
     except (TypeError, ValueError) as exc:  # TRL's and transformers' own cross-field checks
         raise ConfigError(f"TRL refuses the recipe's settings: {exc}") from None
+    overlap = overlap_for(recipe, config, funcs, GRPOTrainer)
     data = dataset(recipe)  # before the policy loads: bad data fails in seconds, not after the model
     try:
         processor = load_processor(recipe.model)
@@ -117,14 +121,46 @@ def build_trainer(recipe: Recipe) -> Any:
         raise ConfigError(
             f"cannot load the policy {recipe.model!r} ({exc}); set model to a checkpoint folder or hub id"
         ) from None
-    trainer = GRPOTrainer(
-        model=recipe.model, reward_funcs=funcs, args=config, train_dataset=data, processing_class=processor
-    )
+    with warnings.catch_warnings():  # TRL calls rollout_func experimental; capbench-rl uses it knowingly
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
+        trainer = GRPOTrainer(
+            model=recipe.model, reward_funcs=funcs, args=config, train_dataset=data, processing_class=processor,
+            **({"rollout_func": overlap.rollout} if overlap is not None else {}),
+        )  # fmt: skip
+    if overlap is not None:
+        overlap.attach(trainer)  # inside the timer's wrapping: ending the prefetches counts in the rollout phase
+    timer = PhaseTimer(trainer)
+    if overlap is not None:
+        overlap.record = timer.record
     rule = LeaveOutFailed(trainer) if recipe.aggregation == "sum_then_normalize" else None
-    trainer.add_callback(RolloutLog(trainer, recipe, PhaseTimer(trainer), rule))
+    trainer.add_callback(RolloutLog(trainer, recipe, timer, rule, overlap))
     if recipe.eval_benchmark is not None:
         trainer.add_callback(CheckpointEval(trainer, recipe))
     return trainer
+
+
+def overlap_for(recipe: Recipe, config: Any, funcs: list[Any], trainer_class: type) -> Overlap | None:
+    """The recipe's judging that overlaps generation, or None: ``overlap_chunks`` 1, or a TRL without the means.
+
+    Raises:
+        ConfigError: the chunks cannot split each process's rollouts on whole groups.
+    """
+    if recipe.overlap_chunks == 1:
+        return None
+    processes = max(1, int(config.world_size))
+    rows = config.generation_batch_size // processes
+    source = f"generation batch {config.generation_batch_size} over {processes} process(es)"
+    check_chunks(recipe.overlap_chunks, rows, recipe.num_generations, source)
+    missing = missing_support(trainer_class)
+    if missing:
+        warnings.warn(
+            f"overlap_chunks {recipe.overlap_chunks}: this TRL's GRPOTrainer lacks {', '.join(missing)}; rollouts "
+            "are generated in one batch and judged after it",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None
+    return Overlap(recipe.overlap_chunks, funcs)
 
 
 def train(recipe: Recipe) -> dict[str, Any]:
@@ -157,11 +193,15 @@ def train(recipe: Recipe) -> dict[str, Any]:
 class RolloutLog(callback_base()):  # type: ignore[misc]
     """Write each step's rollouts and reward figures next to the checkpoints."""
 
-    def __init__(self, trainer: Any, recipe: Recipe, timer: PhaseTimer, rule: LeaveOutFailed | None = None) -> None:
+    def __init__(
+        self, trainer: Any, recipe: Recipe, timer: PhaseTimer, rule: LeaveOutFailed | None = None,
+        overlap: Overlap | None = None,
+    ) -> None:  # fmt: skip
         self.trainer = trainer
         self.recipe = recipe
         self.timer = timer
         self.rule = rule
+        self.overlap = overlap
         self.verified_by = recipe.precision_verified_by()
         out = Path(recipe.output_dir)
         self.rollouts = JsonlLog(out / "rollouts.jsonl")
@@ -193,6 +233,7 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
         failed = any if self.recipe.aggregation == "sum_then_normalize" else all
         row["left_out"] = sum(failed(v is None for v in r) for r in table)  # advantage 0: a reward failed
         row.update(self._delta())
+        row["prefetch"] = self.overlap.take() if self.overlap is not None else None
         for index, name in enumerate(names):  # each reward's mean and std over the gathered rollouts
             values = [r[index] for r in table if r[index] is not None]
             row["rewards"].setdefault(name, {}).update(_mean_std(values))
@@ -219,12 +260,17 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
 
 
 def judge_usage() -> dict[str, int]:
-    """Judge calls, cache hits and failures: this process's judges', plus what a reward service reported."""
+    """Judge calls, cache hits and failures: this process's judges', plus what a reward service reported.
+
+    A prefetch's judging counts here as any other (in process, the judges count every call), so a step
+    makes the same judge calls with and without overlap; TRL's call then finds the prefetch's
+    answers in the cache, and they count as cache hits.
+    """
     usage = R.judge_usage()
-    served = service_usage()
-    for ours, theirs in (("calls", "judge_calls"), ("cache_hits", "cache_hits"), ("failures", "failures")):
-        if theirs in served:
-            usage[ours] = usage.get(ours, 0) + int(served[theirs])
+    for served in (service_usage(), service_usage(prefetch=True)):
+        for ours, theirs in (("calls", "judge_calls"), ("cache_hits", "cache_hits"), ("failures", "failures")):
+            if theirs in served:
+                usage[ours] = usage.get(ours, 0) + int(served[theirs])
     return usage
 
 

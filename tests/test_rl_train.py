@@ -194,7 +194,8 @@ def test_phase_timer_times_the_wrapped_methods_and_derives_the_update(monkeypatc
     timer = timing.PhaseTimer(trainer)
     trainer._generate_and_score_completions()
     phases = timer.take(step_seconds=10.0)
-    assert phases == {"generation": 2.0, "rewards": 3.0, "rollout_other": 1.0, "update": 4.0, "reward_overlap": 0.0}
+    assert phases == {"generation": 2.0, "rewards": 3.0, "rollout_other": 1.0, "update": 4.0, "reward_overlap": 0.0,
+                      "prefetch": 0.0, "prefetch_during_generation": 0.0}  # fmt: skip
     assert timer.take(0.0)["generation"] == 0.0  # taken figures are forgotten
 
     class OtherTRL:  # a TRL without these methods: a warning, and no split instead of a wrong one
