@@ -80,7 +80,7 @@ def reply_text(request: Request) -> str:
     if "facts" in properties:
         caption = _FENCED.findall(request.messages[-1].joined_text())[-1]
         sentences = [s.strip() for s in _SENTENCE.split(caption) if s.strip()] or [caption]
-        facts = [{"fact": s, "object": s.split()[0].lower(), "descriptive": True} for s in sentences]
+        facts = [{"fact": s, "object": (s.split() or ["thing"])[0].lower(), "descriptive": True} for s in sentences]
         return json.dumps({"facts": facts})
     for key in ("verdicts", "matches"):
         if key in properties:

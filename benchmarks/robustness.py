@@ -28,12 +28,15 @@ SUITES = {
     "test_api": ("bad input", "KINDS"),
     "test_jsonl_benchmark": ("bad input", "KINDS"),
     "test_serve": ("bad input", "KINDS"),
+    "test_serve_batches": ("bad input", "KINDS"),
+    "test_shards": ("bad input", "KINDS"),
     "test_hostile_captions": ("hostile caption", "PAYLOADS"),
     "test_faulty_judge": ("fault", "KINDS"),
     "test_resume_after_kill": ("fault", "KINDS"),
     "test_failed_calls": ("fault", "KINDS"),
     "test_cache_faults": ("fault", "KINDS"),
     "test_openai_fingerprint": ("fault", "KINDS"),
+    "test_judge_fleet": ("fault", "KINDS"),
 }
 
 

@@ -5,7 +5,9 @@ Usage: python benchmarks/run_all.py [--all] [--official DIR] [--only NAME,...]
 Fast set (minutes on 2 CPU cores): overhead (instant judge at 10/100/1,000 captions, and the
 embedded judge on 1 caption), judge_cost, core (--quick: one image per caption set),
 leaderboard, robustness (the count of bad-input and fault kinds the tests cover), reward_overlap
-and serve_load (the reward service under 8 and 32 concurrent clients). --all adds the real judge
+(one RL step's reward time against its critical path), serve_load (the reward service under 8
+and 32 concurrent clients) and serve_faults (a judge and the service killed mid-step, malformed
+requests). --all adds the real judge
 on 3 captions, core on all 18 images, and the benchmarks that need a GPU or take long
 (vllm_captionqa, hf_captioning --size tiny, hostile).
 
@@ -62,6 +64,7 @@ def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
         "robustness": ["robustness.py"],
         "reward_overlap": ["reward_overlap.py"],
         "serve_load": ["serve_load.py"],
+        "serve_faults": ["serve_faults.py"],
     }
     if everything:
         runs["vllm_captionqa"] = ["vllm_captionqa.py"]
@@ -94,7 +97,8 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
-    lines += _robustness() + _overhead() + _reward_overlap() + _serve_load() + _judge_cost() + _throughput() + _core()
+    lines += _robustness() + _overhead() + _reward_overlap() + _serve_load() + _serve_faults()
+    lines += _judge_cost() + _throughput() + _core()
     lines += _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
 
@@ -130,27 +134,24 @@ def _overhead() -> list[str]:
 
 def _reward_overlap() -> list[str]:
     found = load("reward_overlap")
-    if found is None:
+    if found is None or "concurrency" not in (found[0].get("rows") or [{}])[0]:
         return []
     report, written = found
     lines = [
         f"## One RL step's reward time (reward_overlap.md, {written})",
         "",
-        f"BalCapRL's three rewards and CapRL's QA utility over {report['rollouts']} rollouts, a judge with a fixed "
-        "round trip and room for every request; times the critical path (2 round trips).",
+        f"BalCapRL's three rewards and CapRL's QA utility over {report['rollouts']} rollouts of capbench-mini, "
+        "judged by a latency-modelling server through the `openai` engine; times the critical path (the slowest "
+        "rollout's rewards run alone, measured).",
         "",
-        "| round trip | one reward at a time | rewards together |",
-        "|---|---|---|",
+        "| server concurrency | rewards, fact stages | step's reward time | × critical path | × best bound |",
+        "|---|---|---|---|---|",
     ]
-    by_delay: dict[float, dict[str, Any]] = {}
     for row in report["rows"]:
-        by_delay.setdefault(row["delay"], {})[row["mode"]] = row
-    for delay, modes in by_delay.items():
-        cells = [
-            f"{modes[m]['seconds']:.2f} s ({modes[m]['over_critical_path']:.2f}×)" if m in modes else "—"
-            for m in ("one at a time", "together")
-        ]
-        lines.append(f"| {delay:.1f} s | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {row['concurrency']} | {row['schedule']} | {row['seconds']:.2f} s | {row['over_critical_path']:.2f} | "
+            f"{row['over_best_bound']:.2f} |"
+        )
     return [*lines, ""]
 
 
@@ -167,17 +168,41 @@ def _serve_load() -> list[str]:
         f"requests of {args['per_request']}, a loopback judge with latency that serves {judge['concurrency']} "
         "requests at once; then the same requests again (served by the cache).",
         "",
-        "| clients | items/s | p50 | p99 | lost | duplicated | rerun items/s | rerun cache hits |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clients | batches at once | items/s | p50 | p99 | lost | duplicated | rerun items/s | rerun cache hits |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         cold, rerun = row["cold"], row["rerun"]
         lines.append(
-            f"| {row['clients']} | {cold['items_per_second']:.1f} | {cold['p50_ms']:.0f} ms | "
-            f"{cold['p99_ms']:.0f} ms | {cold['lost']} | {cold['duplicated']} | {rerun['items_per_second']:.1f} | "
-            f"{100 * (rerun['cache_hit_rate'] or 0):.1f}% |"
+            f"| {row['clients']} | {row.get('max_batches', 1)} | {cold['items_per_second']:.1f} | "
+            f"{cold['p50_ms']:.0f} ms | {cold['p99_ms']:.0f} ms | {cold['lost']} | {cold['duplicated']} | "
+            f"{rerun['items_per_second']:.1f} | {100 * (rerun['cache_hit_rate'] or 0):.1f}% |"
         )
     return [*lines, ""]
+
+
+def _serve_faults() -> list[str]:
+    found = load("serve_faults")
+    if found is None:
+        return []
+    report, written = found
+    judge, service, malformed = report["judge_killed"], report["service_killed"], report["malformed"]
+    killed = judge["rows"]["killed mid-step"]
+    return [
+        f"## Faults around the reward service (serve_faults.md, {written})",
+        "",
+        f"- Judge killed mid-step: {killed['scored']} of {killed['items']} items scored, "
+        f"{killed['failed_with_reason']} null with the reason, {killed['silent']} silent; the judge back on its "
+        f"port was asked {judge['new_judge_asked']} calls, exactly the failed ones: "
+        f"{'yes' if judge['asked_only_failed_calls'] else 'no'}.",
+        f"- Service killed mid-step and restarted: {service['client_rewards']} of {service['rollouts']} rewards "
+        f"returned through the client's retries; judged twice only what was in flight at the kill "
+        f"({service['judge_repeated']} of {service['judge_distinct']}): "
+        f"{'yes' if service['nothing_cached_judged_twice'] else 'no'}.",
+        f"- Malformed requests: {malformed['kinds']} kinds, {malformed['as_listed']} answered as listed (4xx with a "
+        f"message), {malformed['server_errors']} server errors.",
+        "",
+    ]
 
 
 def _real_judge_sentence(report: dict[str, Any]) -> str:

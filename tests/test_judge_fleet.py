@@ -232,3 +232,15 @@ def test_an_unreachable_server_at_start_is_named(replicas):
     message = str(caught.value)
     assert f"{gone.url}: ConnectError" in message and "leave that server out of the list" in message
     assert "\n" not in message
+
+
+#: The faults and bad inputs this suite puts a judge fleet through (counted by benchmarks/robustness.py).
+KINDS = (
+    "a server that dies for good mid-run (requests in hand cut off)",
+    "a server that goes away and comes back on its port",
+    "every server down: each attempt on another, the failure named",
+    "a 503 takes a server out of rotation, a 429 does not",
+    "a URL with a user name or password",
+    "a server listed twice",
+    "a server unreachable at start, among several",
+)

@@ -318,6 +318,25 @@ def test_a_judge_failure_is_null_with_its_reason_never_zero_and_the_service_keep
     assert not any('"status": 500' in line for line in lines)
 
 
+#: Captions a policy may write that the judges are not sent: each a named failure of its item, the rest scored.
+UNSCORABLE = [
+    ("caption empty", "  \n", "the caption is empty: not scored"),
+    ("caption with a NUL", "A cat\u0000.", "the caption holds a NUL character"),
+]
+
+
+@pytest.mark.parametrize(("kind", "caption", "reason"), UNSCORABLE, ids=[u[0] for u in UNSCORABLE])
+def test_a_caption_no_judge_can_score_fails_its_item_alone(kind: str, caption: str, reason: str):
+    with serving(judge="parity:any", caprl_samples=2) as (running, _):
+        items = [_qa_item("A cat on a mat."), _qa_item(caption, id="odd"), _qa_item("A dog on a mat.")]
+        reply = _post(running.url, {"rewards": ["caprl_qa_utility"], "metrics": ["caprl"], "items": items})
+    assert reply.status_code == 200
+    first, odd, last = reply.json()["results"]
+    assert odd["id"] == "odd" and odd["rewards"] == {"caprl_qa_utility": None} and odd["metrics"] == {"caprl": None}
+    assert reason in odd["errors"]["caprl_qa_utility"] and reason in odd["errors"]["caprl"]
+    assert first["rewards"]["caprl_qa_utility"] is not None and last["rewards"]["caprl_qa_utility"] is not None
+
+
 # --- access, logs, metrics, stopping ---------------------------------------------------------------
 
 
@@ -643,8 +662,6 @@ MALFORMED = [
     ("unknown item field", _items(_GOOD, _item(captoin="x")), 400, "items[1]: unknown field 'captoin'"),
     ("caption missing", _items(_item(caption=None)), 400, "items[0].caption is missing"),
     ("caption not a string", _items(_item(caption=42)), 400, "items[0].caption must be a string, not int"),
-    ("caption empty", _items(_GOOD, _GOOD, _item(caption="  \n")), 400, "items[2].caption is empty"),
-    ("caption with a NUL", _items(_item(caption="A cat\u0000.")), 400, "items[0].caption holds a NUL character"),
     ("caption with an unpaired surrogate", {"content": b'{"rewards": ["caprl_qa_utility"], "items": [{"caption": '
      b'"A cat \\ud800", "reference_caption": "r", "questions": []}]}'}, 400,
      "items[0].caption holds an unpaired surrogate"),
@@ -771,7 +788,8 @@ def _wait_for(condition, timeout: float = 30.0) -> None:
 
 #: The kinds of bad input this file covers (counted in benchmarks/results/robustness.md).
 KINDS = (
-    *(f"request: {kind}" for kind, *_ in MALFORMED),
+    *(f"request: {kind}" for kind, *_ in MALFORMED + UNREADABLE),
+    *(f"item: {kind}, a named failure of that item alone" for kind, *_ in UNSCORABLE),
     *(f"refused before start: {kind}" for kind, *_ in _REFUSED_BEFORE_START),
     "refused before start: an empty token variable",
     "refused before start: a port in use",

@@ -350,3 +350,7 @@ def test_the_command_takes_max_batches():
     assert "--max-batches" in CliRunner().invoke(main, ["serve", "--help"]).output
     result = CliRunner().invoke(main, ["serve", "--judge", "held:any", "--max-batches", "100"])
     assert result.exit_code == 1 and "--max-batches 100 is out of range" in result.output
+
+
+#: The bad settings this suite refuses (counted by benchmarks/robustness.py).
+KINDS = ("--max-batches 0", "--max-batches 65", "max_batches not an int")

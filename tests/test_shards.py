@@ -421,3 +421,22 @@ def test_generation_shards_caption_only_their_images_and_merge_into_reusable_cap
     monkeypatch.setattr(Describer, "broken", set())
     capbench.evaluate(**settings, results_dir=tmp_path / "flaky", shard="1/2")
     assert capbench.merge_shards(tmp_path / "flaky")[0].result.summary == whole.summary
+
+
+#: The bad inputs and faults this suite puts shards and their merge through (counted by benchmarks/robustness.py).
+KINDS = (
+    *(f"--shard {value!r}" for value, _ in _BAD),
+    *(f"merge refused: {how}" for how, _ in _REFUSALS),
+    *(f"merge refused: shards of another {what}" for what, _, _ in _OTHER),
+    "merge refused: shards of different splits",
+    "merge refused: a shard found twice",
+    "merge refused: shards in several results folders without --into",
+    "merge refused: shards run on an edited caption file",
+    "merge refused: a target holding another run",
+    "merge refused: a shard still running",
+    "merge refused: no shards found",
+    "merge: a failure while writing leaves no half run",
+    "merge: a shard with failed judge calls is merged as failed, with a warning",
+    "a shard killed mid-run resumes and merges",
+    "a generation shard with a failed caption is refused until rerun",
+)

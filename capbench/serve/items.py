@@ -48,6 +48,9 @@ class Item:
     sample: Sample
     rewards: tuple[str, ...]
     metrics: tuple[str, ...]
+    #: Why this item is not scored (an empty caption, one holding a NUL), or None: what a policy may
+    #: write is a named failure of that item, never a refusal of the whole request.
+    problem: str | None = None
 
 
 def parse_json(body: bytes) -> Any:
@@ -153,14 +156,18 @@ def parse_item(
         raise RequestError(400, f"{where}.id must be a string (it is echoed back), not {_kind(obj['id'])}")
     if "caption" not in obj:
         raise RequestError(400, f"{where}.caption is missing; every item needs the caption to score")
-    caption = text(obj["caption"], f"{where}.caption")
-    if not caption.strip():
-        raise RequestError(400, f"{where}.caption is empty; send the text to score")
+    caption, problem = obj["caption"], None
+    if isinstance(caption, str) and "\x00" in caption:
+        problem = "the caption holds a NUL character (\\u0000): not scored"
+    elif isinstance(caption, str) and not caption.strip():
+        problem = "the caption is empty: not scored"
+    else:
+        caption = text(caption, f"{where}.caption")
     own = _item_rewards(obj.get("rewards"), f"{where}.rewards", rewards)
     sample = _sample(obj, where, catalog, images)
     for name, metric in [*((r, catalog.rewards[r][0]) for r in own), *((m, m) for m in metrics)]:
         _check_needs(sample, name, metric, catalog, where, "reward" if name in own else "metric")
-    return Item(obj.get("id"), caption, sample, own, tuple(metrics))
+    return Item(obj.get("id"), caption, sample, own, tuple(metrics), problem)
 
 
 def text(value: Any, where: str) -> str:

@@ -168,6 +168,8 @@ class Service:
         wanted: dict[str, list[int]] = {}
         rated: dict[str, bool] = {}
         for n, item in enumerate(flat):
+            if item.problem is not None:  # answered with its reason, not judged
+                continue
             for reward in item.rewards:
                 metric, key, _ = self.catalog.rewards[reward]
                 wanted.setdefault(metric, []).append(n)
@@ -208,6 +210,13 @@ class Service:
 
     def _result(self, item: Item, scores: Mapping[str, SampleScore | str]) -> dict[str, Any]:
         """One item's answer: each reward in [0, 1] or null with its reason, each metric's values."""
+        if item.problem is not None:
+            return {
+                "id": item.id,
+                "rewards": dict.fromkeys(item.rewards),
+                "errors": dict.fromkeys((*item.rewards, *item.metrics), item.problem),
+                "metrics": dict.fromkeys(item.metrics),
+            }
         rewards: dict[str, float | None] = {}
         errors: dict[str, str] = {}
         for reward in item.rewards:
