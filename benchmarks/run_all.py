@@ -97,7 +97,7 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         ran = ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
-    lines += _robustness() + _overhead() + _reward_overlap() + _serve_load() + _serve_faults()
+    lines += _robustness() + _overhead() + _reward_overlap() + _rl_step_split() + _serve_load() + _serve_faults()
     lines += _judge_cost() + _throughput() + _core()
     lines += _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
@@ -177,6 +177,33 @@ def _serve_load() -> list[str]:
             f"| {row['clients']} | {row.get('max_batches', 1)} | {cold['items_per_second']:.1f} | "
             f"{cold['p50_ms']:.0f} ms | {cold['p99_ms']:.0f} ms | {cold['lost']} | {cold['duplicated']} | "
             f"{rerun['items_per_second']:.1f} | {100 * (rerun['cache_hit_rate'] or 0):.1f}% |"
+        )
+    return [*lines, ""]
+
+
+def _rl_step_split() -> list[str]:
+    found = load("rl_step_split")
+    if found is None:
+        return []
+    report, written = found
+    lines = [
+        f"## Where a capbench-rl step's time goes (rl_step_split.md, {written})",
+        "",
+        "A tiny random Qwen2.5-VL on the CPU, BalCapRL's three rewards and CapRL's QA utility judged by a "
+        "latency-modelling server; exposed = the step minus the same step with instant judges; overlap = "
+        "`overlap_chunks` (generation in chunks, each judged while the next is generated).",
+        "",
+        "| rewards | judges | chunks | fact stages | step | generation | rewards after generation | exposed share "
+        "| step vs 1 chunk |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        if row["speed"] == "instant":
+            continue
+        lines.append(
+            f"| {row['rewards']} | {row['speed']} | {row['chunks']} | {'per caption' if row['stream'] else 'batch'} "
+            f"| {row['step_s']:.2f} s | {row['generation_s']:.2f} s | {row['rewards_s']:.2f} s "
+            f"| {100 * row['exposed_share']:.0f}% | {row['vs_one_batch']:.2f}× |"
         )
     return [*lines, ""]
 
