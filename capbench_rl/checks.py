@@ -27,7 +27,6 @@ _SET_BY_CAPBENCH = {
     "multi_objective_aggregation": "set the recipe's aggregation",
     "log_completions": "capbench-rl sets it: rollouts.jsonl needs it",
     "logging_steps": "capbench-rl sets it to 1: steps.jsonl needs every step",
-    "report_to": "capbench-rl sets it to []",
 }
 
 
@@ -115,6 +114,23 @@ def check_judges(recipe: Recipe) -> None:
             )
 
 
+def _check_report_to(value: Any) -> None:
+    """Refuse a ``trl.report_to`` tracker that is not installed here (transformers would fail at the trainer)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"trl.report_to must be a tracker name or a list of them (e.g. [tensorboard]), not {value!r}")
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name not in ("none", "all") and name not in available:
+            package = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}.get(name, name)
+            raise ConfigError(
+                f"trl.report_to names {name!r}, which is not installed here: pip install {package} "
+                f"(installed trackers: {', '.join(available) or 'none'}), or leave it out of report_to"
+            )
+
+
 def check_trl(settings: dict[str, Any]) -> None:
     """Refuse ``trl`` keys that are not GRPOConfig fields, or that the recipe sets elsewhere."""
     for key in settings:
@@ -128,6 +144,7 @@ def check_trl(settings: dict[str, Any]) -> None:
 
     from trl import GRPOConfig
 
+    _check_report_to(settings.get("report_to", []))
     known = {f.name for f in fields(GRPOConfig) if f.init}
     for key, value in settings.items():
         if key not in known:

@@ -93,26 +93,37 @@ def service_reward_functions(recipe: Recipe) -> tuple[list[Any], list[float]]:
     return funcs, [float(w) for w in recipe.rewards.values()]
 
 
-def build_trainer(recipe: Recipe) -> Any:
-    """Return a ready GRPOTrainer (policy, processor, data, rewards, config) for ``recipe``."""
-    from trl import GRPOConfig, GRPOTrainer
+def trl_config(recipe: Recipe, weights: list[float]) -> Any:
+    """The recipe's GRPOConfig: its TRL fields, the rewards' weights, and ``trl:`` passed through.
 
-    from capbench.engines.hf_checkpoint import load_processor
+    ``report_to`` (the trackers TRL logs to: tensorboard, wandb, …) is taken from ``trl:``, none
+    by default.
+    """
+    from trl import GRPOConfig
 
-    check_recipe(recipe)
-    funcs, weights = reward_functions(recipe)
+    settings = {"report_to": [], **recipe.trl}
     try:
-        config = GRPOConfig(
+        return GRPOConfig(
             **{name: getattr(recipe, name) for name in TRL_FIELDS},
             reward_weights=weights,
             multi_objective_aggregation=recipe.aggregation,
             log_completions=True,
             logging_steps=1,
-            report_to=[],
-            **recipe.trl,
+            **settings,
         )
     except (TypeError, ValueError) as exc:  # TRL's and transformers' own cross-field checks
         raise ConfigError(f"TRL refuses the recipe's settings: {exc}") from None
+
+
+def build_trainer(recipe: Recipe) -> Any:
+    """Return a ready GRPOTrainer (policy, processor, data, rewards, config) for ``recipe``."""
+    from trl import GRPOTrainer
+
+    from capbench.engines.hf_checkpoint import load_processor
+
+    check_recipe(recipe)
+    funcs, weights = reward_functions(recipe)
+    config = trl_config(recipe, weights)
     overlap = overlap_for(recipe, config, funcs, GRPOTrainer)
     data = dataset(recipe)  # before the policy loads: bad data fails in seconds, not after the model
     try:

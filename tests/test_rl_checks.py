@@ -222,6 +222,25 @@ def test_unknown_or_doubled_trl_fields_are_refused_with_close_matches(trl, words
     one_line_error(dry_run("model=org/name", f"trl={trl}"), *words)
 
 
+def test_report_to_passes_through_to_trl_and_a_tracker_not_installed_is_named(monkeypatch):
+    import transformers.integrations
+
+    from capbench_rl.train import trl_config
+
+    # a tracker this machine lacks: one line naming the package, before anything loads
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: [])
+    one_line_error(dry_run("model=org/name", "trl={report_to: [tensorboard]}"), "trl.report_to names 'tensorboard'",
+                   "pip install tensorboard")  # fmt: skip
+    one_line_error(dry_run("model=org/name", "trl={report_to: 3}"), "trl.report_to must be a tracker name")
+    # an installed one is handed to TRL as it is; none by default
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    assert dry_run("model=org/name", "trl={report_to: [tensorboard]}").exit_code == 0
+    recipe = load_recipe("toy-cpu", ["model=org/name", "trl={report_to: [tensorboard]}"])
+    assert trl_config(recipe, [1.0] * len(recipe.rewards)).report_to == ["tensorboard"]
+    default = load_recipe("toy-cpu", ["model=org/name"])
+    assert trl_config(default, [1.0] * len(default.rewards)).report_to in ([], ["none"], "none")
+
+
 def test_good_trl_fields_pass_the_dry_run():
     result = dry_run("model=org/name", "trl={gradient_accumulation_steps: 2, scale_rewards: group}")
     assert result.exit_code == 0, result.output
