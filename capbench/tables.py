@@ -121,16 +121,22 @@ def to_markdown(board_set: Leaderboard) -> str:
     parts = ["# capbench leaderboard", ""]
     for board in board_set.boards:
         headers, rows = display_rows(board)
-        parts += [f"## {board.benchmark}", "", _md_row(headers), _md_row(["---"] + ["---:"] * (len(headers) - 1))]
+        parts += [f"## {md_escape(board.benchmark)}", "", _md_row(headers)]
+        parts += [_md_row(["---"] + ["---:"] * (len(headers) - 1), escape=False)]
         parts += [_md_row([text for text, _ in row]) for row in rows]
-        parts += ["", *(f"- {note}" for note in notes(board, board_set.rounds, board_set.seed)), ""]
+        parts += ["", *(f"- {md_escape(note)}" for note in notes(board, board_set.rounds, board_set.seed)), ""]
     if board_set.warnings:
-        parts += ["## Warnings", "", *(f"- {w}" for w in board_set.warnings), ""]
+        parts += ["## Warnings", "", *(f"- {md_escape(w)}" for w in board_set.warnings), ""]
     return "\n".join(parts)
 
 
-def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+def md_escape(text: str) -> str:
+    """Text as Markdown shows it and no more: tags and entities escaped, no line break, no cell border."""
+    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
+
+
+def _md_row(cells: Sequence[str], escape: bool = True) -> str:
+    return "| " + " | ".join(md_escape(c) if escape else c for c in cells) + " |"
 
 
 def to_csv(board_set: Leaderboard) -> str:

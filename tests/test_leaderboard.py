@@ -295,3 +295,17 @@ def test_help_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out and "--baseline MODEL" in out
+
+
+def test_every_format_escapes_a_caption_set_name(tmp_path: Path):
+    _synthetic(tmp_path, "tagged", {"a": 10.0, "b": 20.0})
+    manifest = tmp_path / "synth" / "tagged" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["caption_set"]["name"] = "<b>bold</b>|pipe & co"
+    manifest.write_text(json.dumps(data))
+    out = tmp_path / "board"
+    _cli("leaderboard", str(tmp_path), "--no-figures", "--out", str(out), "--formats", "md,html,tex")
+    markdown = (out / "leaderboard.md").read_text()
+    assert "&lt;b&gt;bold&lt;/b&gt;\\|pipe &amp; co" in markdown and "<b>" not in markdown
+    assert "<b>" not in (out / "leaderboard.html").read_text()
+    assert "\\textless{}b\\textgreater{}" in (out / "leaderboard.tex").read_text()
