@@ -147,3 +147,26 @@ def kill_after_lines(command: list[str], log: Path, lines: int, timeout: float =
     if held() < lines:
         pytest.fail(f"{log} held {held()} of {lines} lines after {timeout:.0f} s: the run is stuck or the machine busy")
     return held()
+
+
+# ---------------------------------------------------------------- the hf engine's tests
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run torch on one thread: on a small shared CPU, two threads made each tiny matmul ~100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random Qwen2.5-VL ("vlm") and Llama ("text"), built from configs in a module's temp folder."""
+    from tiny_models import build_tiny_llama, build_tiny_qwen25vl
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {"vlm": build_tiny_qwen25vl(root / "tiny-qwen25vl"), "text": build_tiny_llama(root / "tiny-llama")}

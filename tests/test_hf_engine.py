@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tiny_models import build_tiny_llama, build_tiny_qwen25vl
+from tiny_models import build_tiny_qwen25vl
 
 from capbench.data import load_benchmark
 from capbench.engines import build_engine, hf
@@ -24,7 +24,7 @@ from capbench.engines.hf_checkpoint import load_processor
 from capbench.engines.models import folder_digest
 from capbench.records import ImageRef
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("one_thread")]
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -57,21 +57,6 @@ def logprob_tolerance(dtype: str) -> dict[str, float]:
 
 #: bfloat16 against float32 (other weights, rounded): the bfloat16 bound, 4.7 times the worst measured.
 BF16_VS_F32 = logprob_tolerance("bfloat16")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run torch on one thread: on a small shared CPU, two threads made each tiny matmul ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {"vlm": build_tiny_qwen25vl(root / "tiny-qwen25vl"), "text": build_tiny_llama(root / "tiny-llama")}
 
 
 @pytest.fixture(scope="module")

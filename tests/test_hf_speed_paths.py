@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from test_hf_engine import logprob_tolerance
-from tiny_models import build_tiny_llama, build_tiny_qwen25vl
 
 from capbench.data import load_benchmark
 from capbench.engines import hf
@@ -22,28 +21,13 @@ from capbench.engines.base import Choice, ImagePart, Message, Request, Sampling,
 from capbench.engines.images import load_rgb
 from capbench.records import ImageRef
 
-pytestmark = [pytest.mark.engine, pytest.mark.gpu]
+pytestmark = [pytest.mark.engine, pytest.mark.gpu, pytest.mark.usefixtures("one_thread")]
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 #: Options of 1 to 8 tokens, so the rows of one pass have different lengths.
 OPTIONS = ("yes", "no", "a red car sits on the table", "maybe not")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run torch on one thread: on a small shared CPU, two threads made each tiny matmul ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {"vlm": build_tiny_qwen25vl(root / "tiny-qwen25vl"), "text": build_tiny_llama(root / "tiny-llama")}
 
 
 @pytest.fixture(scope="module")
