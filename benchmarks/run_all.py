@@ -6,8 +6,9 @@ Fast set (minutes on 2 CPU cores): overhead (instant judge at 10/100/1,000 capti
 embedded judge on 1 caption), judge_cost, core (--quick: one image per caption set),
 leaderboard, robustness (the count of bad-input and fault kinds the tests cover), reward_overlap
 (one RL step's reward time against its critical path), serve_load (the reward service under 8
-and 32 concurrent clients) and serve_faults (a judge and the service killed mid-step, malformed
-requests). --all adds the real judge
+and 32 concurrent clients), serve_faults (a judge and the service killed mid-step, malformed
+requests) and prefix_routing (the prefix-reusable share per metric over a 3-server judge fleet,
+without and with prefix routing). --all adds the real judge
 on 3 captions, core on all 18 images, and the benchmarks that need a GPU or take long
 (vllm_captionqa, hf_captioning --size tiny, hostile).
 
@@ -65,6 +66,7 @@ def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
         "reward_overlap": ["reward_overlap.py"],
         "serve_load": ["serve_load.py"],
         "serve_faults": ["serve_faults.py"],
+        "prefix_routing": ["prefix_routing.py"],
     }
     if everything:
         runs["vllm_captionqa"] = ["vllm_captionqa.py"]
@@ -98,7 +100,7 @@ def summary(wall: dict[str, float], failed: list[str]) -> str:
         failures = f" Failed: {', '.join(failed)}." if failed else ""
         lines += [f"This run: {ran}; {sum(wall.values()):.0f} s in all.{failures}", ""]
     lines += _robustness() + _overhead() + _reward_overlap() + _rl_step_split() + _serve_load() + _serve_faults()
-    lines += _judge_cost() + _throughput() + _core()
+    lines += _judge_cost() + _prefix_routing() + _throughput() + _core()
     lines += _leaderboard() + _hostile()
     return "\n".join(lines) + "\n"
 
@@ -265,6 +267,15 @@ def _judge_cost() -> list[str]:
         lines.append(f"| {name} | {row['requests']} | {row['completions']} | {row['prompt_tokens']} | "
                      f"{row['completion_tokens']} | {share} |")  # fmt: skip
     return [*lines, ""]
+
+
+def _prefix_routing() -> list[str]:
+    found = load("prefix_routing")
+    if found is None:
+        return []
+    _, written = found
+    table = (RESULTS / "prefix_routing.md").read_text().strip()
+    return [f"## Prefix reuse over a judge fleet (prefix_routing.md, {written})", "", table, ""]
 
 
 def _throughput() -> list[str]:

@@ -500,7 +500,7 @@ def server_usage(
     return out
 
 
-_SERVER_COUNTS = ("requests", "retries", "failed_calls", "errors", "seconds", "marked_down")
+_SERVER_COUNTS = ("requests", "retries", "failed_calls", "errors", "seconds", "marked_down", "affine", "spilled")
 
 
 def _without_credentials(url: str) -> str:

@@ -311,7 +311,7 @@ def test_server_stats_count_calls_retries_and_errors(serve, engines, monkeypatch
     engines.append(engine)
     assert engine.server_stats() == {
         server.url: {"requests": 0, "retries": 0, "failed_calls": 0, "errors": 0, "seconds": 0.0, "in_flight": 0,
-                     "peak_in_flight": 0, "marked_down": 0, "down": False, "last_error": ""}
+                     "peak_in_flight": 0, "marked_down": 0, "down": False, "last_error": "", "affine": 0, "spilled": 0}
     }  # fmt: skip
     fine, retried, refused = engine.run([_ask("fine"), _ask("retried"), _ask("refused")])
     assert fine.ok and retried.ok and "HTTP 404" in refused.error

@@ -8,6 +8,7 @@ fingerprint: what, besides the request, changes its outputs. The cache key is th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -118,11 +119,23 @@ class Request:
     messages: tuple[Message, ...]
     sampling: Sampling = field(default_factory=Sampling)
     constraint: Constraint | None = None
+    #: Requests with the same key share a long prompt prefix (one caption's questions, one image's
+    #: judgments): an engine with several servers sends them to the same one, whose prefix cache
+    #: then holds it (:func:`affinity_key`). Where a request goes, not what it asks: it is not part
+    #: of the cache key, nor of equality.
+    affinity: str | None = field(default=None, compare=False)
 
     @property
     def has_image(self) -> bool:
         """Whether any message holds an image."""
         return any(m.has_image for m in self.messages)
+
+    def affinity_key(self) -> str | None:
+        """The request's :attr:`affinity`, else its images' content hashes, else None (no preference)."""
+        if self.affinity is not None:
+            return self.affinity
+        shas = [p.image.sha256 for m in self.messages for p in m.parts if isinstance(p, ImagePart)]
+        return affinity(*shas) if shas else None
 
     def canonical(self) -> dict[str, Any]:
         """Return exactly what changes the output, as a JSON-ready dict (images by hash)."""
@@ -137,6 +150,11 @@ class Request:
             },
             "constraint": _canonical_constraint(self.constraint),
         }
+
+
+def affinity(*parts: str) -> str:
+    """A :attr:`Request.affinity` key from the strings that make a prompt's shared prefix."""
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _canonical_part(part: Part) -> dict[str, str]:

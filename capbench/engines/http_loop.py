@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import os
 import threading
 import time
@@ -35,12 +36,26 @@ class EndpointStats:
     marked_down: int = 0  # times it was taken out of rotation (unreachable, or 502/503/504)
     down: bool = False  # out of rotation now, waiting for its next probe
     last_error: str = ""
+    affine: int = 0  # calls with a prefix key (Request.affinity_key) sent to the key's first choice
+    spilled: int = 0  # calls with a key sent here because their first choice was full or out of rotation
 
 
 #: Seconds a server that stopped answering stays out of rotation after its first failure; doubled
 #: with each failure in a row, up to :data:`COOLDOWN_CAP`. Then one request probes it.
 COOLDOWN = 1.0
 COOLDOWN_CAP = 30.0
+#: How far down the queue (in multiples of the pool's slots) a freed slot looks for a call whose
+#: first choice it is, before it goes to the first call waiting.
+AFFINITY_WINDOW = 4
+
+
+@dataclass(eq=False)  # compared by identity: two calls may wait with the same fields
+class _Waiting:
+    """A call waiting for a slot: the server to avoid, its prefix key, and where its slot is handed."""
+
+    avoid: str | None
+    key: str | None
+    handed: asyncio.Future[int]
 
 
 class Pool:
@@ -55,15 +70,34 @@ class Pool:
     rotation while there are any; a retry avoids the server that just failed. So a server that
     dies for good costs the requests it held, which are retried on the others, and one that comes
     back is used again.
+
+    Prefix affinity: a call with a key (requests that share a long prompt prefix share one, see
+    ``Request.affinity_key``) ranks the servers by rendezvous hashing of key and URL, the same
+    order in every process, and goes to the first in that order that is in rotation and has a
+    free slot. So requests sharing a prefix reach the same server, whose prefix cache holds it,
+    while that server keeps up; beyond its ``concurrency`` they spill to the key's next choice
+    (again the same one for every request of the key) rather than wait while others idle. A slot
+    that frees goes to the first waiting call whose first choice it is (among the next
+    :data:`AFFINITY_WINDOW` × slots waiting calls), else to the first waiting call: no server
+    idles while calls wait. A call without a key goes to the least busy server, as before.
     """
 
-    def __init__(self, urls: tuple[str, ...], concurrency: int, stats: dict[str, EndpointStats] | None = None) -> None:
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        concurrency: int,
+        stats: dict[str, EndpointStats] | None = None,
+        affinity: bool = True,
+    ) -> None:
         self.urls = urls
         self.concurrency = concurrency
+        self.affinity = affinity  # route calls with a prefix key to the key's server
         self.busy = [0] * len(urls)  # calls each endpoint holds now
         # Calls waiting for a slot, in order; each is handed a server only when a slot frees, so a
         # call never queues behind a server that dies meanwhile.
-        self.waiting: list[tuple[str | None, asyncio.Future[int]]] = []
+        self.waiting: list[_Waiting] = []
+        self.dispatching = False  # a dispatch of the calls that just arrived is scheduled
+        self._ranks: dict[str, list[int]] = {}
         self.next = 0
         self.stats = stats if stats is not None else {url: EndpointStats() for url in urls}
         for url in urls:
@@ -80,36 +114,77 @@ class Pool:
         now = time.monotonic()
         return any(self._eligible(i, now) and url != avoid for i, url in enumerate(self.urls))
 
-    def _pick(self, avoid: str | None) -> int | None:
-        """The server a call should go to now, or None to wait for a slot to free."""
+    def _ranked(self, key: str) -> list[int]:
+        """The servers in ``key``'s order of preference (rendezvous hashing: stable, and the same everywhere)."""
+        order = self._ranks.get(key)
+        if order is None:
+            weight = [hashlib.blake2b(f"{key}\0{url}".encode(), digest_size=8).digest() for url in self.urls]
+            order = sorted(range(len(self.urls)), key=lambda i: weight[i], reverse=True)
+            if len(self._ranks) >= 65536:  # a bound on memory; orders are cheap to compute again
+                self._ranks.clear()
+            self._ranks[key] = order
+        return order
+
+    def _candidates(self, avoid: str | None, key: str | None) -> list[int]:
+        """The servers a call may go to now, best first."""
         count, now = len(self.urls), time.monotonic()
-        order = [(self.next + k) % count for k in range(count)]
+        order = self._ranked(key) if key is not None else [(self.next + k) % count for k in range(count)]
         eligible = [i for i in order if self._eligible(i, now)]
         if not eligible:  # every server out of rotation: the one due back first, as a probe
             eligible = [min(order, key=lambda i: self.back_at[i])]
-        preferred = [i for i in eligible if self.urls[i] != avoid] or eligible
+        return [i for i in eligible if self.urls[i] != avoid] or eligible
+
+    def _pick(self, avoid: str | None, key: str | None = None, rank: int | None = None) -> int | None:
+        """The server a call should go to now, or None to wait for a slot to free.
+
+        With a key: the first server in the key's order that is free (with ``rank``, only the
+        server of that rank among those in rotation, else None); without one, the least busy.
+        """
+        preferred = self._candidates(avoid, key)
+        if rank is not None:
+            if key is None:  # no preference: any free slot will do, at the first pass
+                return self._pick(avoid) if rank == 0 else None
+            chosen = preferred[rank] if rank < len(preferred) else None
+            return chosen if chosen is not None and self.busy[chosen] < self.concurrency else None
         free = [i for i in preferred if self.busy[i] < self.concurrency]
-        return min(free, key=lambda i: self.busy[i]) if free else None
+        if not free:
+            return None
+        return free[0] if key is not None else min(free, key=lambda i: self.busy[i])
 
     @asynccontextmanager
-    async def slot(self, retry: bool = False, avoid: str | None = None) -> AsyncIterator[str]:
-        """Hold a slot on the least busy server in rotation (not ``avoid`` if another can) and yield its URL."""
-        index = self._pick(avoid)
+    async def slot(self, retry: bool = False, avoid: str | None = None, key: str | None = None) -> AsyncIterator[str]:
+        """Hold a slot on a server in rotation (not ``avoid`` if another can) and yield its URL.
+
+        ``key`` (a prefix key) picks the key's server, as the class says; without it the least busy.
+        """
+        key = key if self.affinity and len(self.urls) > 1 else None
+        # A call with a key takes its first choice at once, if free; else it waits for the calls
+        # arriving with it (a batch arrives in one turn of the loop), and the free slots go to the
+        # calls that prefer them most (:meth:`_dispatch`), rather than to whichever came first.
+        index = self._pick(avoid, key, 0 if key is not None else None)
         if index is None:  # wait to be handed a slot as one frees (on a server chosen then)
-            handed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            entry = (avoid, handed)
+            loop = asyncio.get_running_loop()
+            entry = _Waiting(avoid, key, loop.create_future())
             self.waiting.append(entry)
+            if key is not None and not self.dispatching and any(b < self.concurrency for b in self.busy):
+                self.dispatching = True
+                loop.call_soon(self._dispatch)
             try:
-                index = await handed
+                index = await entry.handed
             except asyncio.CancelledError:
                 if entry in self.waiting:
                     self.waiting.remove(entry)
-                elif handed.done() and not handed.cancelled():  # handed a slot, cancelled before using it
-                    self._release(handed.result())
+                elif entry.handed.done() and not entry.handed.cancelled():  # handed a slot, cancelled before use
+                    self._release(entry.handed.result())
                 raise
         else:
             self._take(index)
         stats = self.stats[self.urls[index]]
+        if key is not None:
+            if index == self._candidates(None, key)[0]:
+                stats.affine += 1
+            else:
+                stats.spilled += 1
         stats.requests += 1
         stats.retries += retry
         stats.in_flight += 1
@@ -128,19 +203,32 @@ class Pool:
         self.busy[index] += 1
 
     def _release(self, index: int) -> None:
-        """Free a slot and hand free slots to waiting calls, first come first served (no await)."""
+        """Free a slot and hand the free slots to waiting calls (no await).
+
+        Among the first :data:`AFFINITY_WINDOW` × slots waiting calls, in order: first to calls
+        whose first choice has a free slot (calls without a key take any), then to calls whose
+        second choice has, and so on; then to any waiting call, in order, so that no server idles
+        while calls wait. A key's requests thus spread over as few servers as keep them busy.
+        """
         self.busy[index] -= 1
         self.probing[index] = False
-        for entry in list(self.waiting):
-            if all(busy >= self.concurrency for busy in self.busy):
-                break
-            avoid, handed = entry
-            chosen = None if handed.done() else self._pick(avoid)
-            if handed.done() or chosen is not None:
-                self.waiting.remove(entry)
-            if chosen is not None:
-                self._take(chosen)
-                handed.set_result(chosen)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiting calls, as :meth:`_release` says."""
+        self.dispatching = False
+        self.waiting = [entry for entry in self.waiting if not entry.handed.done()]
+        window = AFFINITY_WINDOW * self.concurrency * len(self.urls)
+        ranks: list[int | None] = [*range(len(self.urls)), None] if self.affinity else [None]
+        for rank in ranks:
+            for position, entry in enumerate(list(self.waiting)):
+                if all(busy >= self.concurrency for busy in self.busy) or (rank is not None and position >= window):
+                    break
+                chosen = self._pick(entry.avoid, entry.key, rank)
+                if chosen is not None:
+                    self.waiting.remove(entry)
+                    self._take(chosen)
+                    entry.handed.set_result(chosen)
 
     def answered(self, url: str, error: str | None = None, down: bool = False) -> None:
         """Record how ``url`` answered one call: fine, failed, or failed as a server that is not there."""
@@ -180,7 +268,12 @@ class Loop:
     """
 
     def __init__(
-        self, urls: tuple[str, ...], concurrency: int, timeout: float, stats: dict[str, EndpointStats] | None
+        self,
+        urls: tuple[str, ...],
+        concurrency: int,
+        timeout: float,
+        stats: dict[str, EndpointStats] | None,
+        affinity: bool = True,
     ) -> None:
         import httpx  # an optional dependency (the engine names its extra when httpx is missing)
 
@@ -192,7 +285,7 @@ class Loop:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
         )
-        self.pool = Pool(urls, concurrency, stats)
+        self.pool = Pool(urls, concurrency, stats, affinity)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._serve, name="capbench-openai", daemon=True)
         self.thread.start()

@@ -112,8 +112,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def message_payload(message: Message, images: dict[str, str]) -> dict[str, Any]:
-    """Convert a message to the chat format; ``images`` caches data URLs by content hash."""
+def message_payload(message: Message, images: dict[str, str], uuids: bool = False) -> dict[str, Any]:
+    """Convert a message to the chat format; ``images`` caches data URLs by content hash.
+
+    With ``uuids`` each image part carries its content hash as ``uuid`` (vLLM's stable identity of
+    a multimodal item: its caches then key the image by it instead of hashing the pixels again).
+    """
     if not message.has_image:
         return {"role": message.role, "content": message.joined_text()}
     parts: list[dict[str, Any]] = []
@@ -122,7 +126,10 @@ def message_payload(message: Message, images: dict[str, str]) -> dict[str, Any]:
             ref = part.image
             if ref.sha256 not in images:
                 images[ref.sha256] = data_url(ref.path)
-            parts.append({"type": "image_url", "image_url": {"url": images[ref.sha256]}})
+            item: dict[str, Any] = {"type": "image_url", "image_url": {"url": images[ref.sha256]}}
+            if uuids:
+                item["uuid"] = ref.sha256
+            parts.append(item)
         else:
             parts.append({"type": "text", "text": part.text})
     return {"role": message.role, "content": parts}
@@ -148,6 +155,7 @@ class _RunState:
     key: str
     headers: dict[str, str]
     images: dict[str, str] = field(default_factory=dict)
+    uuids: bool = False  # tag images with their content hash (vLLM's multimodal uuid)
 
 
 class OpenAIEngine:
@@ -171,6 +179,8 @@ class OpenAIEngine:
         json_schema: Literal["auto", "on", "off"] = "auto",
         accepts_images: bool = True,
         revision: str | None = None,
+        prefix_routing: bool = True,
+        image_uuids: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         if httpx is None:
             raise MissingDependencyError("httpx", "openai", "the openai engine")
@@ -178,6 +188,8 @@ class OpenAIEngine:
             raise ConfigError(
                 "openai engine: need concurrency >= 1, max_retries >= 0, timeout > 0, backoff and backoff_cap >= 0"
             )
+        if image_uuids not in ("auto", "on", "off"):
+            raise ConfigError(f"openai engine: image_uuids must be 'auto', 'on' or 'off', not {image_uuids!r}")
         if json_schema not in ("auto", "on", "off"):
             raise ConfigError(f"openai engine: json_schema must be 'auto', 'on' or 'off', not {json_schema!r}")
         self.model = model
@@ -191,6 +203,10 @@ class OpenAIEngine:
         self.json_schema = json_schema
         self.accepts_images = accepts_images
         self.revision = revision
+        #: Send requests that share a prompt prefix to the same server (``Request.affinity_key``).
+        self.prefix_routing = prefix_routing
+        #: Tag images with their content hash as vLLM's ``uuid``: "auto" when the servers are vLLM.
+        self.image_uuids = image_uuids
         #: How JSON schemas are sent now; "auto" steps down when a server rejects a form.
         self.json_mode: JsonMode = "none" if json_schema == "off" else "json_schema"
         #: HTTP calls sent to each base URL (retries and extra draws included), over all runs.
@@ -362,13 +378,28 @@ class OpenAIEngine:
         if shared is not None:
             shared.stop()
 
+    def sends_image_uuids(self) -> bool:
+        """Whether images go with their content hash as ``uuid``: "on", or "auto" and every server is vLLM.
+
+        "auto" knows the servers from the fingerprint (``GET /models``: vLLM lists its models as
+        ``owned_by: "vllm"``); with a ``revision`` set they are not asked, so set "on" for vLLM.
+        Other servers may refuse a field they do not know, so "auto" sends it to vLLM alone.
+        """
+        if self.image_uuids != "auto":
+            return self.image_uuids == "on"
+        server = (self._fingerprint or {}).get("server")
+        entries = server if isinstance(server, list) else [server]
+        return all(isinstance(e, dict) and e.get("owned_by") == "vllm" for e in entries)
+
     def server_stats(self) -> dict[str, dict[str, float]]:
         """Return, per base URL, what this process sent it over all runs, close() included.
 
         Each holds ``requests`` (HTTP calls, retries included), ``retries``, ``failed_calls``,
         ``errors`` (requests that failed there after any retries), ``seconds`` (waiting for replies,
         summed over concurrent calls), ``in_flight`` now and ``peak_in_flight`` since the first run,
-        ``marked_down`` (times it left the rotation), ``down`` (out of it now) and ``last_error``.
+        ``marked_down`` (times it left the rotation), ``down`` (out of it now), ``last_error``, and for
+        requests with a prefix key ``affine`` (sent to the key's first choice) and ``spilled`` (sent
+        here because the first choice was full or out of rotation).
         """
         shared = self._shared
         if shared is None or shared.pid != os.getpid():
@@ -382,7 +413,9 @@ class OpenAIEngine:
             if shared is None or shared.closed or shared.pid != os.getpid():
                 # Statistics outlive close(), not a fork: a child counts its own calls.
                 kept = shared.pool.stats if shared is not None and shared.pid == os.getpid() else None
-                shared = self._shared = Loop(self.base_urls, self.concurrency, self.timeout, kept)
+                shared = self._shared = Loop(
+                    self.base_urls, self.concurrency, self.timeout, kept, affinity=self.prefix_routing
+                )
                 # An engine dropped without close() ends its loop too; from the collector, without waiting.
                 weakref.finalize(self, shared.stop, False)
             return shared.submit(self._batch(shared, requests, on_result))
@@ -392,7 +425,7 @@ class OpenAIEngine:
         key = os.environ.get(self.api_key_env, "")
         # Servers without authentication (local vLLM, llama.cpp) get no Authorization header.
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        state = _RunState(shared.client, shared.pool, key, headers)
+        state = _RunState(shared.client, shared.pool, key, headers, uuids=self.sends_image_uuids())
         out: list[Response] = [Response(error="openai: not run")] * len(requests)
         tasks = [asyncio.create_task(self._indexed(state, i, r)) for i, r in enumerate(requests)]
         try:
@@ -450,7 +483,8 @@ class OpenAIEngine:
         """Make one chat completion, stepping down the JSON schema form while the server rejects it."""
         while True:
             mode = self.json_mode if isinstance(request.constraint, JsonSchema) else "none"
-            reply = await self._post(state, self._body(state, request, n, seed, mode))
+            body = self._body(state, request, n, seed, mode)
+            reply = await self._post(state, body, request.affinity_key())
             if isinstance(reply, _Failure) and reply.rejected_format and self.json_schema == "auto" and mode != "none":
                 if self.json_mode == mode:  # concurrent requests may have stepped down already
                     self.json_mode = _NEXT_JSON_MODE[mode]
@@ -461,7 +495,7 @@ class OpenAIEngine:
         sampling = request.sampling
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [message_payload(m, state.images) for m in request.messages],
+            "messages": [message_payload(m, state.images, state.uuids) for m in request.messages],
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -478,8 +512,10 @@ class OpenAIEngine:
                 body["response_format"] = {"type": "json_object", "schema": schema}
         return body
 
-    async def _post(self, state: _RunState, body: dict[str, Any]) -> dict[str, Any] | _Failure:
+    async def _post(self, state: _RunState, body: dict[str, Any], key: str | None = None) -> dict[str, Any] | _Failure:
         """POST one body, retrying transient failures; return the reply's JSON or the last failure.
+
+        ``key`` (the request's prefix key) sends it to the server of its key (:class:`Pool`).
 
         A server that cannot be reached (or says it is unavailable) leaves the pool's rotation, and
         the retry goes at once to another server in rotation; other retries wait a backoff.
@@ -489,7 +525,7 @@ class OpenAIEngine:
         for attempt in range(self.max_retries + 1):
             if attempt and not (failure.server_down and state.pool.in_rotation(avoid=failed_at)):
                 await asyncio.sleep(self._delay(attempt - 1, failure.retry_after))
-            async with state.pool.slot(retry=attempt > 0, avoid=failed_at) as url:
+            async with state.pool.slot(retry=attempt > 0, avoid=failed_at, key=key) as url:
                 self.calls_per_endpoint[url] += 1
                 try:
                     reply = await state.client.post(f"{url}/chat/completions", json=body, headers=state.headers)

@@ -27,7 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from capbench.engines.base import Choice, ImagePart, JsonSchema, Message, Request, Response, Sampling, TextPart
+from capbench.engines.base import (
+    Choice,
+    ImagePart,
+    JsonSchema,
+    Message,
+    Request,
+    Response,
+    Sampling,
+    TextPart,
+    affinity,
+)
 from capbench.errors import ConfigError
 from capbench.hashing import sha256_text
 from capbench.metrics.base import Judges, Unit, mean, require_judge
@@ -182,10 +192,13 @@ class PairJudge:
         user = self._user.render(reference=sample.reference_caption, caption_1=caption_1, caption_2=caption_2)
         image = tuple(ImagePart(i) for i in sample.images) if with_image else ()
         messages = (Message.text("system", system), Message("user", (*image, TextPart(user))))
+        # every battle over this sample shares the instructions, the image and the reference
+        shared = affinity("arena", mode, sample.reference_caption, *(i.image.sha256 for i in image))
         if self.cfg.answer_mode == "loglik":
-            return Request(messages, Sampling(max_tokens=1, temperature=0.0), Choice(VERDICTS, loglik=True))
+            sampling = Sampling(max_tokens=1, temperature=0.0)
+            return Request(messages, sampling, Choice(VERDICTS, loglik=True), affinity=shared)
         sampling = Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature, seed=self.cfg.seed)
-        return Request(messages, sampling, JsonSchema.of(_SCHEMA))
+        return Request(messages, sampling, JsonSchema.of(_SCHEMA), affinity=shared)
 
     def judge(self, tasks: Sequence[PairTask], judges: Judges) -> tuple[list[dict[str, Any]], str]:
         """Judge every task in one batch; return a record per task and the judge mode."""

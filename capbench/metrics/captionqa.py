@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from capbench.engines.base import Choice, Message, Request, Response, Sampling
+from capbench.engines.base import Choice, Message, Request, Response, Sampling, affinity
 from capbench.errors import ConfigError
 from capbench.hashing import sha256_text
 from capbench.metrics.base import Judges, Unit, mean, require_judge
@@ -364,13 +364,17 @@ class CaptionQA:
         """
         lines = "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
         fields = {"caption": caption, "question": question.question}
+        shared = affinity("captionqa", self.cfg.answer_mode, caption)  # the caption's questions share its prefix
         if self.cfg.answer_mode == "loglik":
             user = self._user.render(**fields)
             messages = (Message.text("system", self._system.render()), Message.text("user", user))
-            return Request(messages, Sampling(max_tokens=1, temperature=0.0), Choice(tuple(options), loglik=True))
+            return Request(
+                messages, Sampling(max_tokens=1, temperature=0.0), Choice(tuple(options), loglik=True), affinity=shared
+            )
         user = self._user.render(**fields, options=lines)
         messages = (Message.text("system", self._system.render()), Message.text("user", user))
-        return Request(messages, Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature, seed=seed))
+        sampling = Sampling(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature, seed=seed)
+        return Request(messages, sampling, affinity=shared)
 
     def planned_requests(self, samples: Sequence[Sample], captions: Sequence[Caption]) -> int:
         """One request per question (two in loglik mode: with and without the caption)."""
@@ -446,6 +450,7 @@ class CaptionQA:
     def _judgment(self, item: _Item, response: Response, baseline: Response | None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "question_id": item.question.id,
+            "question": item.question.question,
             "category": item.question.category,
             "domain": item.sample.domain,
             "options": item.options,

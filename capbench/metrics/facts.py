@@ -33,7 +33,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from capbench.engines.base import Engine, ImagePart, JsonSchema, Message, Request, Response, Sampling, TextPart
+from capbench.engines.base import (
+    Engine,
+    ImagePart,
+    JsonSchema,
+    Message,
+    Request,
+    Response,
+    Sampling,
+    TextPart,
+    affinity,
+)
 from capbench.errors import ConfigError
 from capbench.hashing import sha256_text
 from capbench.metrics.base import Judges, Unit, require_judge
@@ -250,6 +260,8 @@ class FactPipeline:
             self._messages("verify", images, **fields),
             self._sampling(self.cfg.verify_temperature, self.cfg.verify_samples),
             JsonSchema.of(_schema_list("verdicts", _VERDICT, len(facts))),
+            # the image (when sent) and the reference come first: every caption of the sample shares them
+            affinity=affinity("verify", sample.reference_caption, *(i.image.sha256 for i in images)),
         )
 
     def match_request(self, facts: Sequence[Fact], references: Sequence[str]) -> Request:
@@ -262,6 +274,7 @@ class FactPipeline:
             self._messages("match", **fields, reference_facts_json=references_json),
             self._sampling(self.cfg.match_temperature, self.cfg.match_samples),
             JsonSchema.of(_schema_list("matches", _MATCH, len(facts))),
+            affinity=affinity("match", listing),  # the reference facts come first
         )
 
     # ------------------------------------------------------------ the stages
