@@ -4,8 +4,10 @@ A battle row has ``img``, ``source1``, ``source2``, ``caption1``, ``caption2``, 
 ``winner`` (the human verdict: ``source1``, ``source2``, or anything else for a tie), and
 optionally ``cluster`` (the difficulty level). Battles with a ``"human"`` side are skipped, as
 in CapArena. Caption-level agreement counts ties (a judge tie matches only a human tie);
-model-level agreement compares the judge's bootstrap-Elo ranking with the humans' (computed
-from the same battles the same way) by Spearman and Kendall correlation.
+model-level agreement compares the judge's bootstrap-Elo ratings with the humans' (computed
+from the same battles the same way) by Spearman (average ranks) and Kendall τ-b correlation:
+equal ratings are ties, never ordered by name, and a side whose ratings are all equal (a judge
+that tied every battle) has no rank correlation, reported as undefined with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from capbench.records import ImageRef, Sample, read_json_file
 
 REQUIRED = ("img", "source1", "source2", "caption1", "caption2", "ref", "winner")
 HUMAN = "human"
+#: The level of battles without a ``cluster``, among battles that have one.
+NO_LEVEL = "(no level)"
 
 
 def read_annotations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -95,11 +99,20 @@ def _image(images_dir: Path | None, name: str) -> ImageRef | None:
 
 
 def caption_agreement(judged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Share of battles where the judge's verdict (1, 2 or tie) equals the human's, overall and per level."""
+    """Share of battles where the judge's verdict (1, 2 or tie) equals the human's, overall and per level.
+
+    ``levels`` holds one entry per difficulty level (``cluster``) named in the battles, with
+    ``NO_LEVEL`` for battles without one when others have one; it is empty when no battle names a
+    level (the overall numbers say it all).
+    """
     usable = [j for j in judged if j["judge"] is not None]
     levels: dict[str, list[bool]] = defaultdict(list)
     for j in usable:
-        levels[j["cluster"] or "all"].append(j["judge"] == j["human"])
+        levels[j["cluster"]].append(j["judge"] == j["human"])
+    if set(levels) == {""}:
+        levels.clear()
+    elif "" in levels:
+        levels[NO_LEVEL] = levels.pop("")
 
     def share(hits: Sequence[bool]) -> dict[str, Any]:
         return {"agreement": 100.0 * sum(hits) / len(hits) if hits else None, "battles": len(hits)}
@@ -114,16 +127,26 @@ def caption_agreement(judged: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def model_agreement(judged: Sequence[Mapping[str, Any]], rounds: int = 1000, seed: int = 42) -> dict[str, Any]:
-    """Correlate the judge's bootstrap-Elo ranking of models with the humans' on the same battles."""
-    from capbench.ranking import Battle, elo_ratings, spearman_kendall
+    """Correlate the judge's bootstrap-Elo ratings of models with the humans' on the same battles.
+
+    Returns:
+        ``spearman`` and ``kendall`` (τ-b) of the median Elo ratings, ties as ties (None when
+        undefined: fewer than 2 models, or one side rates every model the same), ``undefined``
+        (why, or None), ``shared``, ``models``, both rankings best first (equal ratings in name
+        order: read ``judge_ratings`` and ``human_ratings`` for the ties) and the ratings.
+    """
+    from capbench.judge_stats import rank_correlation
+    from capbench.ranking import Battle, elo_ratings
 
     usable = [j for j in judged if j["judge"] is not None]
     judge = elo_ratings([Battle(j["source1"], j["source2"], j["judge"]) for j in usable], rounds=rounds, seed=seed)
     human = elo_ratings([Battle(j["source1"], j["source2"], j["human"]) for j in usable], rounds=rounds, seed=seed)
-    judge_order, human_order = [r.model for r in judge], [r.model for r in human]
+    judge_ratings, human_ratings = ({r.model: r.rating for r in side} for side in (judge, human))
     return {
-        **spearman_kendall(judge_order, human_order),
-        "models": len(judge_order),
-        "judge_ranking": judge_order,
-        "human_ranking": human_order,
+        **rank_correlation(judge_ratings, human_ratings, ("judge's Elo rating", "human Elo rating")),
+        "models": len(judge),
+        "judge_ranking": [r.model for r in judge],
+        "human_ranking": [r.model for r in human],
+        "judge_ratings": judge_ratings,
+        "human_ratings": human_ratings,
     }

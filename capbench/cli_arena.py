@@ -159,16 +159,22 @@ def _print_agreement(report: Mapping[str, Any], out: Path) -> None:
 
     for name, row in level["levels"].items():
         table.add_row(name, str(row["battles"]), pct(row["agreement"]))
-    table.add_row("overall", str(level["battles"]), pct(level["agreement"]), style="bold")
+    table.add_row("all battles", str(level["battles"]), pct(level["agreement"]), style="bold")
     table.caption = (
         f"judge {report['judge']}; {level['failed']} battle(s) without a verdict left out; "
         f"judge ties {level['judge_ties']}, human ties {level['human_ties']}"
     )
     console.print(table)
     model = report["model_level"]
-    if model is not None:
+    if model is not None and model["undefined"] is not None:
+        console.print(
+            f"Model-level ({model['models']} models, bootstrap Elo): Spearman —, Kendall τ-b — "
+            f"(undefined: {model['undefined']})",
+            highlight=False,
+        )
+    elif model is not None:
         console.print(
             f"Model-level ({model['models']} models, bootstrap Elo): Spearman {model['spearman']:.3f}, "
-            f"Kendall {model['kendall']:.3f}"
+            f"Kendall τ-b {model['kendall']:.3f}"
         )
     console.print(f"judgments and report: {out}")

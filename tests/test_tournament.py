@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import ScriptedEngine, prefers_longer
+from scipy import stats
 
-from capbench.agreement import caption_agreement, human_outcome, judge_battles, model_agreement, read_annotations
+from capbench.agreement import (
+    NO_LEVEL,
+    caption_agreement,
+    human_outcome,
+    judge_battles,
+    model_agreement,
+    read_annotations,
+)
 from capbench.cli import main
 from capbench.data import load_benchmark
 from capbench.errors import InputError
@@ -172,12 +180,19 @@ def test_cli_agreement(tmp_path: Path, scripted_cli_engine):
     reply = '{"reason": "r", "judgment": "Tie"}'
     argv = ["agreement", str(_annotations(tmp_path)), "--judge", f"scripted:{reply}", "--rounds", "20",
             "--results-dir", str(tmp_path / "r")]  # fmt: skip
-    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, argv, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "Caption-level agreement" in result.output and "Spearman" in result.output
     out = tmp_path / "r" / "agreement" / "caparena_annots_eval"
     report = json.loads((out / "agreement.json").read_text())
     assert report["caption_level"]["agreement"] == pytest.approx(100 / 13)
+    # A judge that tied every battle ranks nothing: its Elo ratings are all equal, so no rank correlation
+    # (it used to report the name order's correlation with the humans as if it were the judge's).
+    model = report["model_level"]
+    assert set(model["judge_ratings"].values()) == {1000.0}
+    assert model["spearman"] is None and model["kendall"] is None
+    assert "every judge's Elo rating is 1000" in model["undefined"]
+    assert "Spearman —, Kendall τ-b — (undefined: every judge's Elo rating is 1000" in result.output
     lines = (out / "judgments.jsonl").read_text().splitlines()
     assert len(lines) == 13 and len(json.loads(lines[0])["orders"]) == 2  # both raw judgments stored
 
@@ -189,3 +204,39 @@ def test_missing_or_broken_annotation_files(tmp_path: Path):
     broken.write_text("[{")
     with pytest.raises(InputError, match="not readable JSON"):
         read_annotations(broken)
+
+
+def test_model_agreement_correlates_ratings_with_ties_as_ties(tmp_path: Path):
+    rows = read_annotations(_annotations(tmp_path))
+    judged = judge_battles(rows, PairJudge(), {"text": ScriptedEngine(prefers_longer)})
+    # the judge ties m-mid with m-worst everywhere; humans keep m-mid ahead
+    judged = [{**j, "judge": 0.5} if {j["source1"], j["source2"]} == {"m-mid", "m-worst"} else j for j in judged]
+    model = model_agreement(judged, rounds=50)
+    judge, human = model["judge_ratings"], model["human_ratings"]
+    x, y = [judge[m] for m in MODELS], [human[m] for m in MODELS]
+    assert model["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert model["kendall"] == pytest.approx(stats.kendalltau(x, y, variant="b").statistic)
+    assert model["undefined"] is None and model["shared"] == 3
+
+
+def test_agreement_table_has_one_total_row(tmp_path: Path, scripted_cli_engine):
+    rows = json.loads(_annotations(tmp_path).read_text())
+    for row in rows:
+        row.pop("cluster")
+    path = tmp_path / "no_levels.json"
+    path.write_text(json.dumps(rows))
+    level = caption_agreement(
+        judge_battles(read_annotations(path), PairJudge(), {"text": ScriptedEngine(prefers_longer)})
+    )
+    assert level["levels"] == {} and level["battles"] == 13  # no "all" level repeating the overall numbers
+    argv = ["agreement", str(path), "--judge", "scripted:Tie", "--rounds", "20", "--results-dir", str(tmp_path / "r")]
+    output = CliRunner(env={"COLUMNS": "250"}).invoke(main, argv, catch_exceptions=False).output
+    table = [line for line in output.splitlines() if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in table] == ["all battles"]
+    # battles with and without a level: the unlevelled ones get a row of their own, then the total
+    rows[0]["cluster"] = "level 1"
+    path.write_text(json.dumps(rows))
+    level = caption_agreement(
+        judge_battles(read_annotations(path), PairJudge(), {"text": ScriptedEngine(prefers_longer)})
+    )
+    assert {k: v["battles"] for k, v in level["levels"].items()} == {"level 1": 1, NO_LEVEL: 12}
