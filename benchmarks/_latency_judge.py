@@ -142,7 +142,8 @@ def schema_answer(schema: Mapping[str, Any], messages: list[dict[str, Any]]) -> 
     An array with a fixed length (``minItems == maxItems``: one entry per numbered fact) gets that
     many entries; the facts array gets one fact per 8 words of the last message (at least
     ``minItems``, at most ``maxItems`` or 16). Booleans and integers are drawn from a hash of the
-    last message and the entry's place; an ``id`` counts from 1; a ``reference`` names fact 1 or none.
+    last message and the entry's place, as is a string with an ``enum``; an ``id`` counts from 1; a
+    ``reference`` names fact 1 or none.
     """
     text = _last_text(messages)
     seed = hashlib.sha256(text.encode()).digest()
@@ -173,8 +174,9 @@ def schema_answer(schema: Mapping[str, Any], messages: list[dict[str, Any]]) -> 
             return choices[bit(path) % len(choices)] if choices else 1
         if kind == "null":
             return None
-        if kind == "string":
-            return "x"
+        if kind == "string":  # one of its enum (an arena verdict), else a placeholder
+            choices = node.get("enum")
+            return choices[bit(path) % len(choices)] if choices else "x"
         return None
 
     def entry(node: Mapping[str, Any], path: tuple[Any, ...], index: int) -> Any:
