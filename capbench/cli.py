@@ -262,6 +262,19 @@ def _judge_engine_options(command: Any) -> Any:
     help="Exit with status 1 when a caption set's share of failed judge calls reaches this "
     "(1: every call failed; 0: any failure). Failed calls are asked again by the next run.",
 )
+@click.option(
+    "--report-to",
+    metavar="TRACKERS",
+    help="Also send each caption set's summary and per-sample table (with image thumbnails) to these trackers: "
+    "wandb, tensorboard, or both (wandb,tensorboard).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the trackers write: TensorBoard's event files under <dir>/tensorboard/, W&B's run files "
+    "[default: <results-dir>/_trackers].",
+)
+@click.option("--report-name", help="Tracker run name [default: the caption set's name; with several sets NAME/<set>].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")
 def eval_command(**opts: Any) -> None:
     """Score caption sets on a benchmark and write results."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -29,6 +30,7 @@ from capbench.engines import DEFAULT_JUDGE
 from capbench.engines.spec import parse_options
 from capbench.errors import ConfigError
 from capbench.metrics import metric_names
+from capbench.trackers import parse_trackers, report_evaluation
 
 
 class _RichProgress:
@@ -163,6 +165,9 @@ class _CliReporter(Reporter):
 def run(opts: Mapping[str, Any]) -> None:
     """Run ``capbench eval``: check everything, generate captions if --model is given, score every set, print."""
     console = Console(stderr=True)
+    trackers = parse_trackers(opts.get("report_to"))  # a tracker not installed is refused before any scoring
+    if not trackers and (opts.get("report_dir") or opts.get("report_name")):
+        raise ConfigError("--report-dir and --report-name go with --report-to (wandb, tensorboard)")
     plan = prepare(config_from_options(opts))  # every refusal happens here, before any model loads
     with judge_progress(console, opts["as_json"]) as progress:
         evaluation = run_plan(plan, _CliReporter(progress))
@@ -177,6 +182,11 @@ def run(opts: Mapping[str, Any]) -> None:
             _report_generation(evaluation.generation, False)
         print_results(evaluation, plan.judges["text"].label)
         _report_shard(plan.config, False)
+    if trackers:
+        directory = opts.get("report_dir") or Path(opts["results_dir"]) / "_trackers"
+        samples, name = plan.benchmark.samples, opts.get("report_name")
+        for where in report_evaluation(evaluation, samples, trackers, directory, name):
+            console.print(f"sent to {where}", markup=False)
     check_failures(list(evaluation.values()), opts.get("fail_at", 1.0))
 
 

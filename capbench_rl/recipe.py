@@ -166,6 +166,9 @@ class Recipe:
     """Engine that captions the held-out images with the checkpoint."""
     eval_model_options: list[str] = field(default_factory=list)
     """Its engine options, KEY=VALUE (as `capbench eval --model-opt`, e.g. gpu_memory_utilization=0.3)."""
+    eval_log_samples: int = 4
+    """Held-out samples (the same at every checkpoint) whose image, caption and scores go to eval.jsonl and the
+    trackers of trl.report_to (0: none)."""
     trl: dict[str, Any] = field(default_factory=dict)
     """Further GRPOConfig settings, passed as they are (e.g. use_vllm, vllm_mode, gradient_accumulation_steps)."""
     reward_service: str | None = None
@@ -252,6 +255,8 @@ class Recipe:
         unknown = [m for m in self.eval_metrics if m not in METRICS]
         if unknown or not self.eval_metrics:
             raise ConfigError(f"eval_metrics {unknown or '[]'}: choose from {', '.join(METRICS)}")
+        if self.eval_log_samples < 0:
+            raise ConfigError(f"eval_log_samples must be >= 0, got {self.eval_log_samples}")
 
     def _check_verification(self) -> None:
         """Refuse facts verified against text alone unless the recipe says so (BalCapRL verifies against the image)."""

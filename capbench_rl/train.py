@@ -1,7 +1,7 @@
 """Build and run TRL's GRPOTrainer from a recipe, with capbench's metrics as rewards.
 
 Each logged step appends to ``<output_dir>/rollouts.jsonl`` what TRL computed for the step's
-rollouts (every reward, the advantage, the caption and its length ratio) and to
+rollouts (the sample each was generated for, every reward, the advantage, the caption) and to
 ``steps.jsonl`` the step's figures: its seconds and where they went (generation, rewards, the
 rest of the rollout, the update, and reward time overlapping generation; see
 :mod:`capbench_rl.timing`); per reward, its rollouts, the share masked by length, rollouts left
@@ -16,6 +16,7 @@ With ``eval_benchmark`` set, every checkpoint is also scored by ``capbench eval`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -144,10 +145,30 @@ def build_trainer(recipe: Recipe) -> Any:
     if overlap is not None:
         overlap.record = timer.record
     rule = LeaveOutFailed(trainer) if recipe.aggregation == "sum_then_normalize" else None
+    keep_sample_ids(trainer)
     trainer.add_callback(RolloutLog(trainer, recipe, timer, rule, overlap))
     if recipe.eval_benchmark is not None:
         trainer.add_callback(CheckpointEval(trainer, recipe))
     return trainer
+
+
+def keep_sample_ids(trainer: Any) -> None:
+    """Make TRL keep each rollout's sample id beside its completion, as an extra column of its logs.
+
+    TRL (>= 1.16) gathers the columns its ``_log_completion_extra`` is given over all processes, in
+    the order of the completions, into ``trainer._logs["extra"]`` and into its completions table.
+    The ids are taken from the rows TRL scores, as its reward call gets them.
+    """
+    log = getattr(trainer, "_log_completion_extra", None)
+    calculate = getattr(trainer, "_calculate_rewards", None)
+    if log is None or calculate is None:
+        return  # rollouts.jsonl then has "sample_id": null
+
+    def calculate_rewards(inputs: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        log("sample_id", [row.get("sample_id") for row in inputs])
+        return calculate(inputs, *args, **kwargs)
+
+    trainer._calculate_rewards = calculate_rewards
 
 
 def overlap_for(recipe: Recipe, config: Any, funcs: list[Any], trainer_class: type) -> Overlap | None:
@@ -198,6 +219,9 @@ def train(recipe: Recipe) -> dict[str, Any]:
     R.STATS.clear()
     trainer = build_trainer(recipe)
     trainer.train()
+    if trainer.is_world_process_zero():  # the whole log history, checkpoint evaluations included, in output_dir
+        text = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(out / "trainer_state.json", text)
     return trainer.state.log_history[-1] if trainer.state.log_history else {}
 
 
@@ -232,10 +256,13 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
         else:
             table = [[_none(batch["rewards"][n][i]) for n in names] for i in range(len(batch["advantages"]))]
         texts = [R.completion_text(c) for c in batch["completion"]]
+        ids = list(batch.get("extra", {}).get("sample_id", []))
+        if len(ids) != len(texts):  # a TRL without extra columns
+            ids = [None] * len(texts)
         self.rollouts.append_rows(
-            {"step": state.global_step, "completion": text, "rewards": dict(zip(names, row, strict=True)),
-             "advantage": float(advantage)}
-            for text, row, advantage in zip(texts, table, batch["advantages"], strict=True)
+            {"step": state.global_step, "sample_id": sample_id, "completion": text,
+             "rewards": dict(zip(names, row, strict=True)), "advantage": float(advantage)}
+            for sample_id, text, row, advantage in zip(ids, texts, table, batch["advantages"], strict=True)
         )  # fmt: skip
         seconds = logs.get("step_time")
         row = {"step": state.global_step, "step_seconds": seconds, "phases": self.timer.take(seconds)}
@@ -249,6 +276,7 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
             values = [r[index] for r in table if r[index] is not None]
             row["rewards"].setdefault(name, {}).update(_mean_std(values))
         self.steps.append_rows([row])
+        text_prompts(batch["prompt"])
 
     def _delta(self) -> dict[str, Any]:
         """Reward figures since the last step, from the rewards' counters."""
@@ -268,6 +296,32 @@ class RolloutLog(callback_base()):  # type: ignore[misc]
         judge = {k: v - self.judge_seen.get(k, 0) for k, v in usage.items()}
         self.judge_seen = usage
         return {"rewards": figures, "judge": judge}
+
+
+def text_prompts(prompts: Any) -> None:
+    """Turn each prompt's content parts into one text (an image part as ``<image>``), in place.
+
+    TRL's completions table, logged after this callback, puts the prompts into a ``wandb.Table``,
+    and W&B refuses a column of conversations whose content mixes image and text parts (a
+    TypeError at the first logged step of any vision-language run with ``report_to: [wandb]``).
+    With text content the prompt column is as loggable as the completion column.
+    """
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, list):
+            prompts[index] = [
+                {**m, "content": _content_text(m["content"])} if isinstance(m, dict) and "content" in m else m
+                for m in prompt
+            ]
+
+
+def _content_text(content: Any) -> Any:
+    if not isinstance(content, list):
+        return content
+    return "".join(
+        "<image>" if isinstance(part, dict) and part.get("type") == "image" else str(part.get("text", ""))
+        if isinstance(part, dict) else str(part)
+        for part in content
+    )  # fmt: skip
 
 
 def judge_usage() -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -60,9 +61,11 @@ def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_sha
     assert [s["step"] for s in steps] == [1, 2]
     names = ["balcap_precision", "balcap_recall", "balcap_linguistic", "caprl_qa_utility", "length_penalty_reward"]
     references = {s.reference_caption for s in load_benchmark("mini").samples[:2]}
+    mini_ids = {s.id for s in load_benchmark("mini").samples[:2]}
     for step in (1, 2):
         batch = [r for r in rollouts if r["step"] == step]
         assert len(batch) == 3  # one prompt, a group of 3 rollouts
+        assert len({r["sample_id"] for r in batch}) == 1 and batch[0]["sample_id"] in mini_ids  # its image's id
         table = [[r["rewards"][n] for n in names] for r in batch]
         # what TRL logged is c-GDPO computed by hand from the logged rewards
         expected = advantages(table, [1.0, 1.0, 1.0, 1.0, 0.5], 3, "normalize_then_sum")
@@ -95,8 +98,13 @@ def test_two_training_steps_log_trl_advantages_equal_to_cgdpo_and_the_masked_sha
     assert evaluation["samples"] == 1 and evaluation["generation"]["generated"] == 1
     utility = evaluation["metrics"]["caprl"]["score"]
     assert 0.0 <= utility <= 100.0 and utility * 4 / 100 == int(utility * 4 / 100)  # 4 draws
-    history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
-    assert any("loss" in entry for entry in history)
+    for state in (out / "checkpoint-2" / "trainer_state.json", out / "trainer_state.json"):
+        history = json.loads(state.read_text())["log_history"]
+        assert any("loss" in entry for entry in history)
+        assert [e["eval/caprl"] for e in history if "eval/caprl" in e] == [utility]  # beside the training metrics
+    [example] = evaluation["examples"]  # eval_log_samples 4 of the 1 held-out image: it, from the child process
+    assert example["sample_id"] == load_benchmark("mini").samples[0].id and Path(example["image"]).is_file()
+    assert example["values"]["caprl/utility"] == utility
     state = json.loads((out / "eval" / "mini" / "checkpoint-2" / "manifest.json").read_text())
     assert state["metrics"]["caprl"]["config"]["samples"] == 4
     recipe = json.loads((out / "recipe.json").read_text())
