@@ -41,6 +41,8 @@ _EXPORTS = {
     "build_metrics": "capbench.api",
     "cached_judge": "capbench.api",
     "leaderboard_report": "capbench.leaderboard",
+    "export_results": "capbench.export",
+    "compare_judges": "capbench.judge_compare",
     "load_benchmark": "capbench.data",
     "Benchmark": "capbench.data",
     "build_metric": "capbench.metrics",
@@ -83,8 +85,10 @@ __all__ = [
     "build_metrics",
     "cached_judge",
     "catalogue",
+    "compare_judges",
     "describe",
     "evaluate",
+    "export_results",
     "leaderboard_report",
     "load_benchmark",
     "merge_shards",
@@ -114,6 +118,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from capbench.data import Benchmark, load_benchmark
     from capbench.engines import build_engine
     from capbench.errors import CapbenchError, ConfigError, InputError
+    from capbench.export import export_results
+    from capbench.judge_compare import compare_judges
     from capbench.leaderboard import leaderboard_report
     from capbench.metrics import build_metric, describe, reward_table
     from capbench.records import Caption, CaptionSet, ImageRef, MetricInfo, Question, Sample, SampleScore

@@ -483,6 +483,19 @@ def cache_clear(engine: str | None, yes: bool) -> None:
 @click.option("--heatmap-metric", metavar="METRIC", help="Metric of the per-image heat map [default: the sort metric].")
 @click.option("--rounds", type=click.IntRange(min=100), default=1000, show_default=True, help="Bootstrap rounds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option(
+    "--min-pairs",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Fewest images a row must share with --baseline for its difference to get a significance mark.",
+)
+@click.option("--per-domain", is_flag=True, help="Add one column per domain to metrics scored by domain (CaptionQA).")
+@click.option(
+    "--inspect",
+    metavar="REPORT",
+    help="Inspector report (path or URL) that the HTML page's caption set x metric cells link to.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON (for scripts).")
 def leaderboard_command(**opts: Any) -> None:
     """Rank caption sets from RESULTS_DIR (default: results): scores with 95% intervals, tables, figures."""

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from capbench.arena_board import ArenaBoard, arena_notes
 from capbench.errors import ConfigError
-from capbench.leaderboard import FORMATS, Board, Leaderboard, leaderboard_report, publish
-from capbench.tables import display_rows, notes
+from capbench.leaderboard import FORMATS, MIN_PAIRS, Board, Leaderboard, leaderboard_report, publish
+from capbench.tables import OTHER_IMAGES, arena_rows, display_rows, notes
 
 
 def parse_formats(value: str) -> list[str]:
@@ -44,6 +45,9 @@ def run(opts: Mapping[str, Any]) -> None:
         "formats": parse_formats(opts["formats"]),
         "figures": opts["figures"],
         "heatmap_metric": opts.get("heatmap_metric"),
+        "min_pairs": opts.get("min_pairs") or MIN_PAIRS,
+        "per_domain": bool(opts.get("per_domain")),
+        "inspect": opts.get("inspect"),
     }
     if opts["as_json"]:
         click.echo(json.dumps(leaderboard_report(results_dir, **settings), indent=2, ensure_ascii=False))
@@ -62,7 +66,11 @@ def print_boards(board_set: Leaderboard) -> None:
     for board in board_set.boards:
         console.print(_table(board))
         for note in notes(board, board_set.rounds, board_set.seed):
-            console.print(Text(f"  {note}", style="yellow" if note.startswith("†") else "dim"))
+            console.print(Text(f"  {note}", style="yellow" if note.startswith(("†", OTHER_IMAGES)) else "dim"))
+    for arena in board_set.arenas:
+        console.print(_arena_table(arena))
+        for note in arena_notes(arena):
+            console.print(Text(f"  {note}", style="dim"))
     errors = Console(stderr=True)
     for warning in board_set.warnings:
         errors.print(Text(f"warning: {warning}", style="yellow"))
@@ -70,7 +78,7 @@ def print_boards(board_set: Leaderboard) -> None:
 
 def _table(board: Board) -> Table:
     headers, rows = display_rows(board)
-    table = Table(title=f"{board.benchmark}: {len(rows)} model(s)", title_justify="left")
+    table = Table(title=Text(f"{board.benchmark}: {len(rows)} model(s)"), title_justify="left")
     for index, header in enumerate(headers):
         table.add_column(header, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for row in rows:
@@ -78,7 +86,19 @@ def _table(board: Board) -> Table:
     return table
 
 
+def _arena_table(arena: ArenaBoard) -> Table:
+    headers, rows = arena_rows(arena)
+    table = Table(title=Text(f"{arena.benchmark}: arena, {arena.battles} battle(s)"), title_justify="left")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "caption set" else "right")
+    for row in rows:
+        table.add_row(*(Text(text) for text in row))
+    return table
+
+
 def _style(text: str) -> str:
+    if OTHER_IMAGES in text:
+        return "bold magenta"
     if "†" in text:
         return "yellow"
     if text.endswith(" *"):

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from capbench import __version__
 from capbench.config import Shard
+from capbench.coverage import sample_coverage, warn_partial
 from capbench.data import Benchmark
 from capbench.engines.base import Engine, EngineWrapper, OnResult, Request, Response, preflight
 from capbench.engines.cache import CachedEngine, CallStats
@@ -226,6 +227,8 @@ class Evaluator:
         Every check runs before anything is written: a refused run leaves its folder as it was.
         """
         chosen = list(selection) if selection is not None else select_samples(self.benchmark, captions, limit)
+        if selection is None:  # generated captions cover what was asked; captioning names its failures
+            warn_partial(self.benchmark, captions, chosen, limit)
         samples = [s for s in (shard.part(chosen) if shard else chosen) if s.id in captions.captions]
         for judge in self.cached_judges.values():
             preflight(judge)  # an unreachable or misconfigured judge is named before any work
@@ -387,6 +390,7 @@ class Evaluator:
                 "source": captions.source,
                 "sha256": content_hash({s.id: captions.captions[s.id] for s in samples}),
                 "samples": len(samples),
+                "coverage": sample_coverage(self.benchmark, samples),
             },
             "command": redact_command(self.command),
             "git_commit": git_commit(),

@@ -3,158 +3,57 @@
 Reads what ``capbench eval`` wrote (``<results>/<benchmark>/<caption set>/``, described in
 ``docs/results-format.md``) and needs no metric's code: every metric gives *units* whose
 stratified mean is its headline (:func:`capbench.metrics.base.headline`), so one stratified
-bootstrap serves them all. Results of format 2 carry each sample's units and the metric's
+bootstrap (:mod:`capbench.bootstrap`) serves them all. Results of format 2 carry each sample's units and the metric's
 description (direction, range, title); only older results are read with the installed metric's
 code. A column whose rows were judged by different judges or protocols is flagged, never
-silently compared.
+silently compared; so is a row that scored other images than the board's reference set
+(:mod:`capbench.coverage`), and such rows are listed after the comparable ones.
+
+Every interval is drawn from a generator seeded by the leaderboard's seed and the row's own
+units (:func:`unit_rng`), so a row's interval does not change with the other rows on the board.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capbench.errors import ConfigError
+from capbench.arena_board import ArenaBoard, load_arenas
+from capbench.bootstrap import (
+    LEVEL,
+    ROUNDS,
+    Difference,
+    bootstrap,
+    paired_difference,
+    percentile_interval,
+    resample,
+    unit_rng,
+)
+from capbench.coverage import Coverage, read_coverage, reference_set
+from capbench.errors import ConfigError, InputError
 from capbench.metrics import METRICS
-from capbench.metrics.base import Unit, headline
+from capbench.metrics.base import headline
 from capbench.records import MetricInfo
 from capbench.results import MetricResult, Results, Run, load_results, read_scores
+from capbench.runs import safe_name
 
 __all__ = [
-    "FORMATS", "LEVEL", "ROUNDS", "SEED", "Board", "Difference", "Leaderboard", "MetricInfo", "MetricResult", "Results",
-    "Run", "bootstrap", "build_leaderboard", "leaderboard_report", "load_results", "metric_order", "paired_difference",
-    "per_image", "percentile_interval", "publish", "read_scores", "resample", "sort_frame", "sort_metric", "to_records",
+    "FORMATS", "LEVEL", "MIN_PAIRS", "ROUNDS", "SEED", "Board", "Difference", "Leaderboard", "MetricInfo",
+    "MetricResult", "Results", "Run", "bootstrap", "build_leaderboard", "domain_metrics", "leaderboard_report",
+    "load_results", "metric_order", "paired_difference", "per_image", "percentile_interval", "publish", "read_scores",
+    "resample", "sort_frame", "sort_metric", "to_records", "unit_rng",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
-ROUNDS = 1000
 SEED = 0
-LEVEL = 0.95
+#: Fewest images two rows must share for their paired difference to get a significance mark.
+MIN_PAIRS = 30
 FORMATS = {"md": "leaderboard.md", "csv": "leaderboard.csv", "tex": "leaderboard.tex", "html": "leaderboard.html"}
-#: Cap on one resampling block (rounds × units) so a huge stratum does not exhaust memory.
-_BLOCK = 4_000_000
-
-
-# ---------------------------------------------------------------- the bootstrap
-
-
-def resample(
-    values: np.ndarray, weights: np.ndarray, strata: Sequence[str], rng: np.random.Generator, rounds: int = ROUNDS
-) -> np.ndarray:
-    """Return ``(series, rounds)`` resampled headlines of ``series`` aligned rows of units.
-
-    Units are drawn with replacement within each stratum (as many as it has); every series gets
-    the same draws, which makes differences between series paired. A round's statistic is the
-    mean over strata of each stratum's weighted mean, as :func:`~capbench.metrics.base.headline`.
-    Each stratum's draws form a (rounds × size) index matrix, turned into counts per unit, so a
-    weighted mean of every round is one matrix product.
-    """
-    import numpy as np
-
-    positions: dict[str, list[int]] = {}
-    for index, stratum in enumerate(strata):
-        positions.setdefault(stratum, []).append(index)
-    total = np.zeros((rounds, values.shape[0]))
-    counted = np.zeros((rounds, values.shape[0]))
-    for members in positions.values():
-        pos = np.asarray(members)
-        size = len(pos)
-        weighted, mass_of = np.ascontiguousarray((weights * values)[:, pos].T), np.ascontiguousarray(weights[:, pos].T)
-        block = max(1, _BLOCK // size)
-        for start in range(0, rounds, block):
-            n = min(block, rounds - start)
-            draws = rng.integers(0, size, size=(n, size))
-            flat = (draws + size * np.arange(n)[:, None]).ravel()
-            counts = np.bincount(flat, minlength=n * size).reshape(n, size).astype(float)
-            # einsum, not @: a BLAS product of these thin shapes is erratic when OpenBLAS threads share few cores.
-            mass = np.einsum("rs,sk->rk", counts, mass_of)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                means = np.einsum("rs,sk->rk", counts, weighted) / mass
-            # A stratum whose drawn weights are all zero drops out of that round, as in headline().
-            ok = mass > 0
-            total[start : start + n] += np.where(ok, means, 0.0)
-            counted[start : start + n] += ok
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counted > 0, total / np.maximum(counted, 1), np.nan).T
-
-
-def percentile_interval(stats: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """Return the percentile interval of the resampled statistics (NaN rounds dropped)."""
-    import numpy as np
-
-    kept = stats[~np.isnan(stats)]
-    if kept.size == 0:
-        return math.nan, math.nan
-    low, high = np.percentile(kept, [50 * (1 - level), 50 * (1 + level)])
-    return float(low), float(high)
-
-
-def bootstrap(units: Sequence[Unit], rng: np.random.Generator, rounds: int = ROUNDS) -> tuple[float, float]:
-    """Return the 95% stratified bootstrap interval of the headline of ``units``."""
-    import numpy as np
-
-    if not units:
-        return math.nan, math.nan
-    values = np.array([[u[2] for u in units]], dtype=float)
-    weights = np.array([[u[3] for u in units]], dtype=float)
-    return percentile_interval(resample(values, weights, [u[1] for u in units], rng, rounds)[0])
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A paired difference of headlines (model − baseline) over the units both have."""
-
-    point: float
-    low: float
-    high: float
-    units: int
-
-    @property
-    def excludes_zero(self) -> bool:
-        """Return whether the interval lies wholly on one side of zero."""
-        return self.low > 0 or self.high < 0
-
-
-def paired_difference(
-    units: Sequence[Unit], base: Sequence[Unit], rng: np.random.Generator, rounds: int = ROUNDS
-) -> Difference | None:
-    """Return the paired bootstrap difference of two unit lists, aligned by (sample id, stratum).
-
-    None when they share no unit.
-    """
-    import numpy as np
-
-    mine, theirs = _keyed(units), _keyed(base)
-    keys = [k for k in theirs if k in mine]
-    if not keys:
-        return None
-    values = np.array([[mine[k][0] for k in keys], [theirs[k][0] for k in keys]], dtype=float)
-    weights = np.array([[mine[k][1] for k in keys], [theirs[k][1] for k in keys]], dtype=float)
-    strata = [k[1] for k in keys]
-    stats = resample(values, weights, strata, rng, rounds)
-    low, high = percentile_interval(stats[0] - stats[1])
-    point = headline([(k[0], k[1], mine[k][0], mine[k][1]) for k in keys])
-    other = headline([(k[0], k[1], theirs[k][0], theirs[k][1]) for k in keys])
-    if point is None or other is None:
-        return None
-    return Difference(point - other, low, high, len(keys))
-
-
-def _keyed(units: Iterable[Unit]) -> dict[tuple[str, str, int], tuple[float, float]]:
-    """Key units by (sample id, stratum, occurrence), so repeated units of one image stay apart."""
-    seen: dict[tuple[str, str], int] = {}
-    out = {}
-    for sample_id, stratum, value, weight in units:
-        n = seen[(sample_id, stratum)] = seen.get((sample_id, stratum), -1) + 1
-        out[(sample_id, stratum, n)] = (value, weight)
-    return out
 
 
 # ---------------------------------------------------------------- the table
@@ -173,6 +72,23 @@ class Board:
     baseline: str | None
     #: metric -> model -> group letter, for metrics whose rows used different judges or protocols.
     mixed: dict[str, dict[str, str]]
+    #: model -> the images it scored; rows whose ids are not ``reference`` are flagged.
+    coverage: dict[str, Coverage] = field(default_factory=dict)
+    #: The image set the rows are compared on (:func:`capbench.coverage.reference_set`).
+    reference: frozenset[str] = frozenset()
+    #: Fewest shared images for a paired difference's significance mark.
+    min_pairs: int = MIN_PAIRS
+    #: metric -> its domains, for the metrics shown per domain (``per_domain``).
+    domains: dict[str, list[str]] = field(default_factory=dict)
+
+    def flagged(self) -> dict[str, str]:
+        """Return the rows that scored other images than the reference set, each with what it covers."""
+        return {m: c.describe() for m, c in sorted(self.coverage.items()) if c.ids != self.reference}
+
+    def reference_text(self) -> str:
+        """Say what the reference set is: ``18 of 18 images`` (the count alone when the benchmark's is unknown)."""
+        of = next((c.of for c in self.coverage.values() if c.of is not None), None)
+        return f"{len(self.reference)} of {of} images" if of is not None else f"{len(self.reference)} images"
 
 
 @dataclass
@@ -188,37 +104,53 @@ class Leaderboard:
     root: Path | None = None
     #: The tables and figures written from it (:func:`publish`).
     files: list[Path] = field(default_factory=list)
+    #: Tournament rankings (``capbench arena``), one per benchmark that has one.
+    arenas: list[ArenaBoard] = field(default_factory=list)
+    min_pairs: int = MIN_PAIRS
+    #: benchmark -> its figures, drawn before the tables so that the HTML page can embed them.
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    #: Where the HTML page's metric cells link to (an inspector report; ``#`` and the cell's anchor are added).
+    inspect: str | None = None
 
 
 def build_leaderboard(
-    results: Results, sort: str | None = None, baseline: str | None = None, rounds: int = ROUNDS, seed: int = SEED
+    results: Results,
+    sort: str | None = None,
+    baseline: str | None = None,
+    rounds: int = ROUNDS,
+    seed: int = SEED,
+    *,
+    min_pairs: int = MIN_PAIRS,
+    per_domain: bool = False,
+    arenas: Sequence[ArenaBoard] = (),
 ) -> Leaderboard:
-    """Rank each benchmark's models with bootstrap intervals (one seeded generator for everything).
+    """Rank each benchmark's models with bootstrap intervals (each row's draws seeded by ``seed`` and its units).
+
+    ``per_domain`` adds one column per domain to metrics that break their score down by domain
+    (:func:`domain_metrics`); ``arenas`` are tournament rankings shown beside the boards.
 
     Raises:
         ConfigError: ``baseline`` is no model of any benchmark, or ``sort`` names no column.
     """
-    import numpy as np
-
     if baseline is not None and not any(r.model == baseline for r in results.runs):
         models = ", ".join(sorted({r.model for r in results.runs}))
         raise ConfigError(f"--baseline {baseline!r}: no such model (caption set); choose from: {models}")
     started = time.perf_counter()
-    rng = np.random.default_rng(seed)
     warnings = list(results.warnings)
     boards = []
+    settings = {"rounds": rounds, "seed": seed, "min_pairs": min_pairs, "per_domain": per_domain}
     for name in results.benchmarks():
         runs = [r for r in results.runs if r.benchmark == name]
         if baseline is not None and not any(r.model == baseline for r in runs):
             warnings.append(f"{name}: baseline {baseline!r} has no results there; no differences in its table")
-        boards.append(_board(name, runs, rng, rounds, baseline, warnings))
+        boards.append(_board(name, runs, baseline, warnings, **settings))
     timings = {"load": results.seconds, "bootstrap": time.perf_counter() - started}
     if sort is not None:
         having = [b for b in boards if sort in b.frame.columns]
         for board in having or boards[:1]:
             board.frame, board.sort = sort_frame(board, sort), sort
         warnings += [f"{b.benchmark}: no column {sort!r}; sorted by {b.sort}" for b in boards if b not in having]
-    return Leaderboard(boards, warnings, rounds, seed, timings, results.root)
+    return Leaderboard(boards, warnings, rounds, seed, timings, results.root, arenas=list(arenas), min_pairs=min_pairs)
 
 
 def metric_order(names: Iterable[str]) -> list[str]:
@@ -227,8 +159,21 @@ def metric_order(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
 
 
+def domain_metrics(infos: dict[str, MetricInfo]) -> list[str]:
+    """Return the metrics whose units are strata by domain: those declaring a breakdown of their ``domains``."""
+    return [name for name, info in infos.items() if any(b[1] == "domains" for b in info.breakdowns)]
+
+
 def _board(
-    benchmark: str, runs: list[Run], rng: np.random.Generator, rounds: int, baseline: str | None, warnings: list[str]
+    benchmark: str,
+    runs: list[Run],
+    baseline: str | None,
+    warnings: list[str],
+    *,
+    rounds: int,
+    seed: int,
+    min_pairs: int,
+    per_domain: bool,
 ) -> Board:
     import pandas as pd
 
@@ -237,22 +182,35 @@ def _board(
     infos = {m: _agreed_info(benchmark, m, runs, warnings) for m in metrics}
     mixed = _mixed_groups(runs, metrics)
     base = next((r for r in runs if r.model == baseline), None)
+    domains = _domains(runs, domain_metrics(infos)) if per_domain else {}
+    coverage = {r.model: read_coverage(r) for r in runs}
+    reference = reference_set(coverage)
     rows = []
     for run in runs:
         row: dict[str, Any] = {"benchmark": benchmark, "model": run.model}
         for name in metrics:
-            row.update(_metric_cells(run, base, name, rng, rounds))
+            row.update(_metric_cells(run, base, name, seed, rounds, min_pairs, domains.get(name, [])))
         failed = {i for m in run.metrics.values() for i in m.failed_ids}
         judges = dict.fromkeys(
             str(fp.get("model", "?")) for m in metric_order(run.metrics) for fp in run.metrics[m].judges.values()
         )
         row.update(words=run.words, judges=", ".join(judges), images=run.samples, failed=len(failed))
+        cover = coverage[run.model]
+        row.update(images_of=cover.of, same_images=cover.ids == reference, covers=cover.describe())
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=_columns(metrics, base is not None))
+    frame = pd.DataFrame(rows, columns=_columns(metrics, base is not None, domains))
     sort = metrics[0] if metrics else "model"
-    board = Board(benchmark, metrics, infos, frame, {r.model: r for r in runs}, sort, baseline if base else None, mixed)
+    board = Board(
+        benchmark, metrics, infos, frame, {r.model: r for r in runs}, sort, baseline if base else None, mixed,
+        coverage, reference, min_pairs, domains,
+    )  # fmt: skip
     board.frame = sort_frame(board, sort)
     return board
+
+
+def _domains(runs: Sequence[Run], metrics: Sequence[str]) -> dict[str, list[str]]:
+    """Return each metric's domains (its units' strata) over the board's runs, sorted."""
+    return {m: sorted({u[1] for r in runs if m in r.metrics for u in r.metrics[m].units}) for m in metrics}
 
 
 def _columnable(benchmark: str, metrics: Sequence[str], warnings: list[str]) -> list[str]:
@@ -281,25 +239,40 @@ def _agreed_info(benchmark: str, name: str, runs: Sequence[Run], warnings: list[
     return infos[0]
 
 
-def _columns(metrics: Sequence[str], with_baseline: bool) -> list[str]:
+#: The columns of a row after its metrics' columns.
+ROW_COLUMNS = ("words", "judges", "images", "failed", "images_of", "same_images", "covers")
+
+
+def _columns(metrics: Sequence[str], with_baseline: bool, domains: dict[str, list[str]] | None = None) -> list[str]:
     columns = ["benchmark", "model"]
     for m in metrics:
-        columns += _metric_columns(m, with_baseline)
-    return [*columns, "words", "judges", "images", "failed"]
+        columns += _metric_columns(m, with_baseline, (domains or {}).get(m, ()))
+    return [*columns, *ROW_COLUMNS]
 
 
-def _metric_columns(m: str, with_baseline: bool) -> list[str]:
+def domain_column(metric: str, domain: str) -> str:
+    """Return the column of ``metric``'s score on one domain."""
+    return f"{metric}_domain_{domain}"
+
+
+def _metric_columns(m: str, with_baseline: bool, domains: Sequence[str] = ()) -> list[str]:
     columns = [m, f"{m}_low", f"{m}_high", f"{m}_images", f"{m}_failed", f"{m}_protocol"]
+    for domain in domains:
+        column = domain_column(m, domain)
+        columns += [column, f"{column}_low", f"{column}_high"]
     if with_baseline:
         columns += [f"{m}_diff", f"{m}_diff_low", f"{m}_diff_high", f"{m}_diff_excludes_zero"]
+        columns += [f"{m}_diff_images", f"{m}_diff_significant"]
     return columns
 
 
-def _metric_cells(run: Run, base: Run | None, name: str, rng: np.random.Generator, rounds: int) -> dict[str, Any]:
+def _metric_cells(
+    run: Run, base: Run | None, name: str, seed: int, rounds: int, min_pairs: int, domains: Sequence[str]
+) -> dict[str, Any]:
     result = run.metrics.get(name)
     if result is None:
         return {}
-    low, high = bootstrap(result.units, rng, rounds)
+    low, high = bootstrap(result.units, unit_rng(seed, f"interval:{name}", result.units), rounds)
     cells: dict[str, Any] = {
         name: result.score,
         f"{name}_low": low,
@@ -308,13 +281,22 @@ def _metric_cells(run: Run, base: Run | None, name: str, rng: np.random.Generato
         f"{name}_failed": len(result.failed_ids),
         f"{name}_protocol": result.protocol[:12],
     }
+    for domain in domains:
+        units = [u for u in result.units if u[1] == domain]
+        column = domain_column(name, domain)
+        cells[column] = headline(units)
+        rng = unit_rng(seed, f"interval:{name}:{domain}", units)
+        cells[f"{column}_low"], cells[f"{column}_high"] = bootstrap(units, rng, rounds)
     other = base.metrics.get(name) if base is not None and base is not run else None
     # Differences across judges or protocols would compare the judges, not the models: leave them out.
     if other is not None and other.protocol == result.protocol:
+        rng = unit_rng(seed, f"difference:{name}", result.units, other.units)
         diff = paired_difference(result.units, other.units, rng, rounds)
         if diff is not None:
             cells.update({f"{name}_diff": diff.point, f"{name}_diff_low": diff.low, f"{name}_diff_high": diff.high})
             cells[f"{name}_diff_excludes_zero"] = diff.excludes_zero
+            cells[f"{name}_diff_images"] = diff.images
+            cells[f"{name}_diff_significant"] = diff.excludes_zero and diff.images >= min_pairs
     return cells
 
 
@@ -334,6 +316,9 @@ def _mixed_groups(runs: Sequence[Run], metrics: Sequence[str]) -> dict[str, dict
 def sort_frame(board: Board, column: str) -> pd.DataFrame:
     """Sort a board's rows by ``column``, best first for metric columns (ties by model name).
 
+    Rows that scored the reference image set come first, then the others (flagged), each group
+    sorted by ``column``: a score over other images is never ranked among the comparable ones.
+
     Raises:
         ConfigError: the board has no such column.
     """
@@ -342,15 +327,21 @@ def sort_frame(board: Board, column: str) -> pd.DataFrame:
         shown = ", ".join([*board.metrics, "words", "judges", "images", "failed", "model"])
         raise ConfigError(f"--sort {column!r}: no such column; choose from {shown}, or any CSV column")
     metric = sort_metric(board, column)
-    if column in ("model", "judges", "failed") or column.endswith(("_protocol", "_failed")):
+    if column in ("model", "judges", "failed", "covers") or column.endswith(("_protocol", "_failed")):
         ascending = True
-    elif metric is not None and not column.endswith(("_images", "_excludes_zero")):
+    elif metric is not None and not column.endswith(("_images", "_excludes_zero", "_significant")):
         ascending = not board.infos[metric].higher_is_better
     else:
         ascending = False
-    return frame.sort_values(
-        [column, "model"], ascending=[ascending, True], na_position="last", kind="stable", ignore_index=True
-    )
+    other = ~frame["same_images"].astype(bool) if "same_images" in frame.columns else frame["model"].isna()
+    keyed = frame.assign(_other_images=other)
+    return keyed.sort_values(
+        ["_other_images", column, "model"],
+        ascending=[True, ascending, True],
+        na_position="last",
+        kind="stable",
+        ignore_index=True,
+    ).drop(columns="_other_images")
 
 
 def sort_metric(board: Board, column: str | None = None) -> str | None:
@@ -377,8 +368,17 @@ def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Return a frame's rows as JSON-ready dicts (NaN becomes None)."""
     out = []
     for record in frame.to_dict(orient="records"):
-        out.append({k: (None if isinstance(v, float) and math.isnan(v) else _plain(v)) for k, v in record.items()})
+        out.append({k: (None if _missing(v) else _plain(v)) for k, v in record.items()})
     return out
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN, and pandas' NA
+    except (TypeError, ValueError):
+        return False
 
 
 def _plain(value: Any) -> Any:
@@ -400,34 +400,72 @@ def publish(
     formats: Sequence[str] = (),
     figures: bool = False,
     heatmap_metric: str | None = None,
+    min_pairs: int = MIN_PAIRS,
+    per_domain: bool = False,
+    inspect: str | None = None,
 ) -> Leaderboard:
     """Build the leaderboard of ``results_dir`` and write its tables (and figures) to ``out`` if given.
 
-    What ``capbench leaderboard`` does; the written paths are in the result's ``files``.
+    What ``capbench leaderboard`` does; the written paths are in the result's ``files``. Tournament
+    rankings (``capbench arena``) under ``results_dir`` are read too, and shown as tables of their
+    own. ``inspect``: an inspector report (a URL, or a path, linked relative to ``out``) that the
+    HTML page's caption set × metric cells link to.
 
     Raises:
         InputError: no results there (for ``benchmark``), or a score file is damaged.
         ConfigError: an unknown ``baseline``, ``sort`` column, table format or ``heatmap_metric``.
     """
     started = time.perf_counter()
-    board_set = build_leaderboard(load_results(results_dir, benchmark), sort, baseline, rounds, seed)
+    arena_warnings: list[str] = []
+    arenas = load_arenas(Path(results_dir), benchmark, arena_warnings) if Path(results_dir).is_dir() else []
+    results = _results(Path(results_dir), benchmark, arenas)
+    results.warnings += arena_warnings
+    board_set = build_leaderboard(
+        results, sort, baseline, rounds, seed, min_pairs=min_pairs, per_domain=per_domain, arenas=arenas
+    )
     if heatmap_metric and not any(heatmap_metric in b.metrics for b in board_set.boards):
         shown = sorted({m for b in board_set.boards for m in b.metrics})
         raise ConfigError(f"--heatmap-metric {heatmap_metric!r}: no results of it; choose from {', '.join(shown)}")
+    board_set.inspect = _link_base(inspect, out)
     if out is not None:
-        from capbench.tables import write_tables
-
-        mark = time.perf_counter()
-        board_set.files += write_tables(board_set, Path(out), formats)
-        board_set.timings["tables"] = time.perf_counter() - mark
         if figures:
             from capbench.plots import write_all_figures
 
             mark = time.perf_counter()
             board_set.files += write_all_figures(board_set, Path(out), heatmap_metric)
             board_set.timings["figures"] = time.perf_counter() - mark
+        from capbench.tables import write_tables
+
+        mark = time.perf_counter()
+        board_set.files += write_tables(board_set, Path(out), formats)
+        board_set.timings["tables"] = time.perf_counter() - mark
     board_set.timings["total"] = time.perf_counter() - started
     return board_set
+
+
+def _results(root: Path, benchmark: str | None, arenas: Sequence[ArenaBoard]) -> Results:
+    """Load the runs; a folder holding tournament rankings but no run (of ``benchmark``) gives no runs, not an error."""
+    try:
+        return load_results(root, benchmark)
+    except InputError:
+        runs_there = any(root.glob(f"{safe_name(benchmark) if benchmark else '*'}/*/manifest.json"))
+        if not arenas or runs_there:
+            raise
+    return Results(root, [])
+
+
+def _link_base(inspect: str | None, out: str | Path | None) -> str | None:
+    """Return the href of an inspector report: a URL as given, a path relative to the page's folder."""
+    if not inspect:
+        return None
+    from urllib.parse import quote, urlsplit
+
+    if len(urlsplit(inspect).scheme) > 1 or out is None:  # a URL (a one-letter "scheme" is a Windows drive)
+        return inspect
+    import os
+
+    relative = os.path.relpath(Path(inspect).resolve(), Path(out).resolve())
+    return quote(Path(relative).as_posix())
 
 
 def leaderboard_report(
@@ -442,8 +480,9 @@ def leaderboard_report(
     """Return the leaderboard of ``results_dir`` as the JSON-ready report ``capbench leaderboard --json`` prints.
 
     Its structure is ``capbench/schemas/leaderboard.schema.json``: every board's rows (the CSV's
-    columns), each metric's description, the notes, the warnings, the settings and timings.
-    ``writing`` (``out``, ``formats``, ``figures``, ``heatmap_metric``) also writes files, as :func:`publish`.
+    columns), each metric's description, the notes, the arena rankings, the warnings, the settings
+    and timings. ``writing`` (``out``, ``formats``, ``figures``, ``heatmap_metric``, ``min_pairs``,
+    ``per_domain``, ``inspect``) is passed to :func:`publish`.
 
     Raises:
         InputError: no results there (for ``benchmark``), or a score file is damaged.

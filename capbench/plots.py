@@ -90,7 +90,14 @@ def score_bars(board: Board, path: Path) -> Path:
         values = frame[metric].to_numpy()
         errors = [values - frame[f"{metric}_low"].to_numpy(), frame[f"{metric}_high"].to_numpy() - values]
         models = [str(m) for m in frame["model"]]
-        bars = ax.barh(models, values, xerr=errors, color=_colours(board, metric, models), capsize=2.5, height=0.7)
+        bars = ax.barh(
+            [_label(board, m) for m in models],
+            values,
+            xerr=errors,
+            color=_colours(board, metric, models),
+            capsize=2.5,
+            height=0.7,
+        )
         for bar, model in zip(bars, models, strict=True):
             if model == board.baseline:
                 bar.set(hatch="///", edgecolor="white")
@@ -104,12 +111,13 @@ def score_bars(board: Board, path: Path) -> Path:
             )
         ax.set_xlim(*_limits(board, metric, frame))
         ax.set_xlabel(_axis_label(board, metric))
-        ax.set_title(_title(board, metric), fontsize=11)
+        ax.set_title(plain(_title(board, metric)), fontsize=11)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(axis="y", labelsize=8)
         _group_legend(board, metric, ax)
     hatched = f" (hatched: baseline {board.baseline})" if board.baseline else ""
-    fig.suptitle(f"{board.benchmark}: scores with 95% bootstrap intervals{hatched}", fontsize=12)
+    title = f"{board.benchmark}: scores with 95% bootstrap intervals{hatched}{_other_images(board)}"
+    fig.suptitle(plain(title), fontsize=12)
     return _save(fig, path)
 
 
@@ -134,14 +142,16 @@ def length_scatter(board: Board, path: Path) -> Path:
         ax.scatter(frame["words"], values, c=_colours(board, metric, models), s=28, zorder=3)
         for index, (model, x, y) in enumerate(zip(models, frame["words"], values, strict=True)):
             # Alternate the offsets so that neighbouring labels overlap less.
-            ax.annotate(model, (x, y), xytext=(4, 5 if index % 2 == 0 else -9), textcoords="offset points", fontsize=7)
+            offset = (4, 5 if index % 2 == 0 else -9)
+            ax.annotate(_label(board, model), (x, y), xytext=offset, textcoords="offset points", fontsize=7)
         ax.margins(x=0.12, y=0.08)
         ax.set_xlabel("mean caption length (words)")
         ax.set_ylabel(_axis_label(board, metric))
-        ax.set_title(_title(board, metric), fontsize=11)
+        ax.set_title(plain(_title(board, metric)), fontsize=11)
         ax.grid(alpha=0.3)
         _group_legend(board, metric, ax)
-    fig.suptitle(f"{board.benchmark}: score against caption length (bars: 95% intervals)", fontsize=12)
+    title = f"{board.benchmark}: score against caption length (bars: 95% intervals){_other_images(board)}"
+    fig.suptitle(plain(title), fontsize=12)
     return _save(fig, path)
 
 
@@ -170,16 +180,16 @@ def image_heatmap(board: Board, metric: str, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no image has a usable score", transform=ax.transAxes, ha="center", va="center")
         ax.set_ylim(len(grid) - 0.5, -0.5)
-    ax.set_yticks(range(len(grid)), [str(m) for m in grid.index], fontsize=8)
+    ax.set_yticks(range(len(grid)), [_label(board, m) for m in grid.index], fontsize=8)
     if grid.shape[1] <= _MAX_IMAGE_LABELS:
-        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=90, fontsize=7)
+        ax.set_xticks(range(grid.shape[1]), [plain(c) for c in grid.columns], rotation=90, fontsize=7)
     else:
         ax.set_xticks([])
     missing = ", grey: not scored" if grid.isna().any(axis=None) else ""
     ax.set_xlabel(f"images (n={grid.shape[1]}), sorted by mean score across models{missing}")
     ax.set_ylabel("model")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=f"{info.title}: {info.unit or f'{low:g} to {high:g}'}")
-    ax.set_title(f"{board.benchmark}: {_title(board, metric)} per image (best model on top)", fontsize=12)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=plain(f"{info.title}: {info.unit or f'{low:g} to {high:g}'}"))
+    ax.set_title(plain(f"{board.benchmark}: {_title(board, metric)} per image (best model on top)"), fontsize=12)
     return _save(fig, path)
 
 
@@ -197,7 +207,10 @@ def write_figures(board: Board, out_dir: Path, heatmap_metric: str | None = None
 
 
 def write_all_figures(board_set: Leaderboard, out_dir: Path, heatmap_metric: str | None = None) -> list[Path]:
-    """Draw every board's figures into ``out_dir``; a board without ``heatmap_metric`` maps another (a warning)."""
+    """Draw every board's figures into ``out_dir``; a board without ``heatmap_metric`` maps another (a warning).
+
+    Each board's figures are also noted in ``board_set.figures``, for the HTML page to embed.
+    """
     files: list[Path] = []
     for board in board_set.boards:
         metric = heatmap_metric if heatmap_metric in board.metrics else None
@@ -205,8 +218,25 @@ def write_all_figures(board_set: Leaderboard, out_dir: Path, heatmap_metric: str
             board_set.warnings.append(
                 f"{board.benchmark}: no {heatmap_metric} results; its heat map shows another metric"
             )
-        files += write_figures(board, out_dir, metric)
+        drawn = write_figures(board, out_dir, metric)
+        board_set.figures[board.benchmark] = drawn
+        files += drawn
     return files
+
+
+def _label(board: Board, model: object) -> str:
+    """A model's name as a figure shows it: drawn literally, with ‡ if it scored other images than the rest."""
+    flagged = board.coverage.get(str(model)) is not None and board.coverage[str(model)].ids != board.reference
+    return plain(model) + (" ‡" if flagged else "")
+
+
+def _other_images(board: Board) -> str:
+    return "\n‡: scored other images than the rest (see the table's note); not comparable" if board.flagged() else ""
+
+
+def plain(text: object) -> str:
+    """Return ``text`` as matplotlib draws it literally: a ``$`` would start mathtext (and a bad one raises)."""
+    return str(text).replace("$", r"\$")
 
 
 def _save(fig: Figure, path: Path) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 from capbench import __version__
 from capbench.build import build_metrics
 from capbench.config import EvalConfig, Shard
+from capbench.coverage import merge_coverage
 from capbench.errors import ConfigError, InputError
 from capbench.evaluation import config_changes, git_commit, redact_command, versions
 from capbench.hashing import content_hash, sha256_text
@@ -551,6 +552,11 @@ def _manifest(plan: _Plan, target: Path) -> dict[str, Any]:
     if first.generation is not None:
         caption_set["source"] = str(target / "generated.jsonl")
     caption_set.update(sha256=content_hash({c["id"]: c["caption"] for c in captions}), samples=len(plan.order))
+    # each shard's manifest covers its own part; the merged run covers them all
+    merged = merge_coverage([((f.manifest or {}).get("caption_set") or {}).get("coverage") for f in plan.shards])
+    caption_set.pop("coverage", None)
+    if merged is not None:
+        caption_set["coverage"] = merged
     metrics = {
         name: {**entry, "samples": len(plan.order), "summary": plan.summaries[name]}
         for name, entry in first.manifest["metrics"].items()

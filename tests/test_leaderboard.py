@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -208,17 +210,30 @@ def _chromium() -> str:
     return found
 
 
-def test_html_page_renders_in_chromium(written: tuple[Path, dict]):
+def test_html_page_renders_in_chromium(written: tuple[Path, dict], tmp_path: Path):
     out, report = written
     argv = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
-    page = (out / "leaderboard.html").resolve().as_uri()
-    dom = subprocess.run([*argv, page], capture_output=True, text=True, timeout=60, check=True).stdout
+    # Once the page has loaded, note each image's decoded width: 0 would be a figure the browser could not show.
+    probe = (
+        '<script>window.addEventListener("load",function(){document.body.dataset.widths=Array.prototype.map.call('
+        'document.images,function(i){return i.naturalWidth}).join(",")})</script>'
+    )
+    page = tmp_path / "probed.html"
+    page.write_text((out / "leaderboard.html").read_text().replace("</body>", probe + "</body>"))
+    dom = subprocess.run([*argv, page.as_uri()], capture_output=True, text=True, timeout=60, check=True).stdout
     assert 'data-sortable="ready"' in dom  # the inline script ran
     for row in report["boards"][0]["rows"]:
         assert f">{row['model']}</td>" in dom
         for metric in ("captionqa", "dcscore", "balcap"):
             assert f"{row[metric]:.1f} [{row[f'{metric}_low']:.1f}, {row[f'{metric}_high']:.1f}]" in dom
-    assert "<link" not in dom and "src=" not in dom  # self-contained
+    # Self-contained: no stylesheet link, and every src (the three figures) a data: URI, not a file beside it.
+    sources = re.findall(r'src="([^"]*)"', (out / "leaderboard.html").read_text())
+    assert "<link" not in dom and len(sources) == 3
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    png_sizes = sorted(len(base64.b64decode(s.split(",", 1)[1])) for s in sources)
+    assert png_sizes == sorted(p.stat().st_size for p in out.glob("*.png"))
+    widths = [int(w) for w in re.search(r'data-widths="([^"]*)"', dom).group(1).split(",")]
+    assert len(widths) == 3 and min(widths) > 500
 
 
 def test_html_headers_sort_on_click(written: tuple[Path, dict], tmp_path: Path):
