@@ -16,6 +16,7 @@ import click
 from capbench import __version__
 from capbench.cli_compare import compare_command
 from capbench.cli_export import export_command
+from capbench.cli_inspect import inspect_command
 from capbench.cli_merge import check_shard, merge_command
 from capbench.errors import CapbenchError
 
@@ -506,6 +507,7 @@ def leaderboard_command(**opts: Any) -> None:
 
 main.add_command(merge_command)
 main.add_command(compare_command)
+main.add_command(inspect_command)
 main.add_command(export_command)
 if __name__ == "__main__":
     main()
