@@ -244,6 +244,11 @@ def test_checkpoint_evaluations_reach_the_trackers_and_trainer_state(monkeypatch
             f"judge_options=[base_url={judge.base_url}]", "trl={report_to: [tensorboard, wandb]}",
         ])  # fmt: skip
         train_module.train(recipe)
+    import wandb
+
+    # W&B writes its run file from a service process: finish the run (as the process's exit would) before
+    # reading it back, or the last rows may still be on their way (seen under load)
+    wandb.finish()
 
     # rollout rows carry the sample each was generated for (the ids TRL's reward call got)
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
