@@ -10,7 +10,7 @@ and 32 concurrent clients), serve_faults (a judge and the service killed mid-ste
 requests) and prefix_routing (the prefix-reusable share per metric over a 3-server judge fleet,
 without and with prefix routing). --all adds the real judge
 on 3 captions, core on all 18 images, and the benchmarks that need a GPU or take long
-(vllm_captionqa, hf_captioning --size tiny, hostile).
+(vllm_captionqa, hf_captioning --size tiny, hostile, prefix_routing_vllm).
 
 --official DIR (or $CAPBENCH_OFFICIAL_REPOS) is a folder holding clones or bare git mirrors of
 the official repositories (names containing DeCapBench, CaptionQA, CapArena); judge_cost reads
@@ -72,6 +72,7 @@ def plan(everything: bool, official: Path | None) -> dict[str, list[str]]:
         runs["vllm_captionqa"] = ["vllm_captionqa.py"]
         runs["hf_captioning"] = ["hf_captioning.py", "--size", "tiny"]
         runs["hostile"] = ["hostile.py"]
+        runs["prefix_routing_vllm"] = ["prefix_routing_vllm.py"]
     return runs
 
 
@@ -275,7 +276,12 @@ def _prefix_routing() -> list[str]:
         return []
     _, written = found
     table = (RESULTS / "prefix_routing.md").read_text().strip()
-    return [f"## Prefix reuse over a judge fleet (prefix_routing.md, {written})", "", table, ""]
+    lines = [f"## Prefix reuse over a judge fleet (prefix_routing.md, {written})", "", table, ""]
+    real = load("prefix_routing_vllm")
+    if real is not None:
+        table = (RESULTS / "prefix_routing_vllm.md").read_text().strip()
+        lines += [f"### On vLLM servers (prefix_routing_vllm.md, {real[1]})", "", table, ""]
+    return lines
 
 
 def _throughput() -> list[str]:
