@@ -411,9 +411,12 @@ def _facts(details: dict[str, Any], sample: Sample | None) -> tuple[str, str]:
     matches = [m for m in details.pop("matches", None) or [] if isinstance(m, list)]
     ratings, failures = details.pop("ratings", None), details.pop("failures", None) or []
     error, n_refs = details.pop("error", None), details.pop("references", None)
+    derived = details.pop("reference_facts", None)  # decomposed from the reference caption by the judge
     references = list(sample.reference_facts) if sample is not None else []
-    if isinstance(n_refs, int) and n_refs != len(references):
-        references = []  # decomposed from the reference caption by the judge: their text is not recorded
+    if isinstance(derived, list):
+        references = [str(r) for r in derived]
+    elif isinstance(n_refs, int) and n_refs != len(references):
+        references = []  # decomposed by the judge in a run that did not record them
     rows = []
     correct_n = pointable_n = matched_n = 0
     for i, fact in enumerate(facts):
@@ -450,6 +453,7 @@ def _facts(details: dict[str, Any], sample: Sample | None) -> tuple[str, str]:
                 if references or not n_refs
                 else " (decomposed from the reference caption by the judge; their text is not recorded)"
             )
+            + (" (decomposed from the reference caption by the judge)" if isinstance(derived, list) else "")
             + "</p>"
         )
     if error:

@@ -371,3 +371,23 @@ def test_wrapped_engines_are_seen_through():
     served = ThreadedEngine(_stage_reply)
     assert concurrent(CachedEngine(EngineWrapper(served), None))
     assert not concurrent(CachedEngine(ScriptedEngine(), None))
+
+
+def test_facts_decomposed_from_the_reference_caption_are_recorded_and_shown():
+    from capbench.inspector_page import _facts
+    from capbench.metrics.dcscore import DCScore
+    from capbench.records import Caption
+
+    samples = _samples()[:2]  # "a" has reference facts, "b" only a reference caption
+    judge = ThreadedEngine(_mixed_reply)
+    scores = DCScore(FactConfig.preset("greedy")).score(
+        samples, [Caption("a", "cap a"), Caption("b", "cap b")], {"text": judge}
+    )
+    by_id = {s.sample_id: s.details for s in scores}
+    assert "reference_facts" not in by_id["a"]  # the benchmark's own: not copied into every record
+    derived = by_id["b"]["reference_facts"]
+    assert derived and by_id["b"]["references"] == len(derived)
+    html, _ = _facts(dict(by_id["b"]), samples[1])
+    assert "decomposed from the reference caption by the judge)" in html and "not recorded" not in html
+    before = {k: v for k, v in by_id["b"].items() if k != "reference_facts"}  # a record written before they were kept
+    assert "their text is not recorded" in _facts(before, samples[1])[0]

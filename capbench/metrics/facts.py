@@ -570,11 +570,13 @@ class FactMetric:
     def _sample_score(self, sample: Sample, caption: Caption, judgments: FactJudgments) -> SampleScore:
         error = judgments.error(need_linguistic=self.linguistic)
         values = dict.fromkeys(self.keys) if judgments.error() else self.values(judgments)
+        # facts the judge took from the reference caption (the sample has none): kept, so the matches can be read
+        derived = {} if sample.reference_facts else {"reference_facts": list(judgments.references)}
         return SampleScore(
             sample_id=sample.id,
             metric=self.name,
             values=values,
-            details={**judgments.log(), "error": error, "references": len(judgments.references)},
+            details={**judgments.log(), "error": error, "references": len(judgments.references), **derived},
             unscored=len(judgments.failures) + (1 if error else 0),
             caption_sha256=sha256_text(caption.text),
             failed=sum(f["raw"] is None for f in judgments.failures),
