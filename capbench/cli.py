@@ -49,8 +49,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Measure image captions with cached LLM judges.
 
     Score caption sets on a benchmark (CaptionQA, CapRL, DCScore, BalCapRL's b-CapScore, CapArena-Auto), rank many
-    sets by pairwise battles (arena), check a pairwise judge against human battles (agreement), and build
-    leaderboards from the results.
+    sets by pairwise battles (arena), check a pairwise judge against human battles (agreement), build
+    leaderboards from the results, open every judgment on one page (inspect), compare an old judge with a new
+    one (compare-judges), and export results for lmms-eval or a spreadsheet (export).
     """
     if not debug:
         previous = warnings.formatwarning
