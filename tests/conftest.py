@@ -22,6 +22,18 @@ def capbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def run_cli(*args: object, ok: bool = True, catch_exceptions: bool = False):
+    """Run ``capbench ARGS`` in-process (a wide terminal, so tables do not wrap); with ``ok``, assert exit 0."""
+    from click.testing import CliRunner
+
+    from capbench.cli import main
+
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, [str(a) for a in args], catch_exceptions=catch_exceptions)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
 def one_line_error(result, *words: str) -> str:
     """Assert a CLI result is exit 1 with one ``Error: …`` line (no traceback) holding ``words``; return it."""
     assert result.exit_code == 1, result.output

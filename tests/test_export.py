@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import one_line_error
+from conftest import one_line_error, run_cli
 
 from capbench import engines
 from capbench.cli import main
@@ -42,13 +42,6 @@ HOSTILE = {
 }
 
 
-def _cli(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real runs: the example sets (oracle fact metrics, a scripted CaptionQA and arena judge) and a hostile set."""
@@ -60,8 +53,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setitem(engines.ENGINES, "scripted", ("conftest", "FixedReplyEngine", "test engine"))
         patch.setitem(engines.ENGINES, "oracle", ("oracle_engine", "OracleEngine", "test engine"))
         for judge, metrics in (("oracle:truth", "dcscore,balcap"), ("scripted:A", "captionqa,arena")):
-            _cli("eval", "--example-captions", "--judge", judge, "-m", metrics, "--results-dir", str(root))
-        _cli("eval", "-c", str(hostile), "--judge", "scripted:A", "-m", "captionqa", "--results-dir", str(root))
+            run_cli("eval", "--example-captions", "--judge", judge, "-m", metrics, "--results-dir", str(root))
+        run_cli("eval", "-c", str(hostile), "--judge", "scripted:A", "-m", "captionqa", "--results-dir", str(root))
     return root
 
 
@@ -69,7 +62,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(results: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """`capbench export --format lmms-eval` of the whole results folder, each file by caption set."""
     out = tmp_path_factory.mktemp("lmms")
-    shown = json.loads(_cli("export", str(results), "--format", "lmms-eval", "--out", str(out), "--json").output)
+    shown = json.loads(run_cli("export", str(results), "--format", "lmms-eval", "--out", str(out), "--json").output)
     files = [Path(f) for f in shown["files"]]
     assert sorted(f.parent.name for f in files) == ["detailed", "evil", "planted_errors", "short"]
     for path in files:
@@ -131,10 +124,10 @@ def test_stderr_is_the_bootstrap_sd_and_depends_only_on_the_run_and_seed(
     found = exported["short"]["results"]["mini_dcscore"]["dcscore_stderr,none"]
     assert found == pytest.approx(analytic, rel=0.15)
     alone = tmp_path / "alone"
-    _cli("export", str(results / "mini" / "short"), "--format", "lmms-eval", "--out", str(alone))
+    run_cli("export", str(results / "mini" / "short"), "--format", "lmms-eval", "--out", str(alone))
     [path] = alone.glob("short/*_results.json")
     assert json.loads(path.read_text("utf-8"))["results"] == exported["short"]["results"]
-    _cli("export", str(results / "mini" / "short"), "--format", "lmms-eval", "--out", str(alone), "--seed", "7")
+    run_cli("export", str(results / "mini" / "short"), "--format", "lmms-eval", "--out", str(alone), "--seed", "7")
     reseeded = json.loads(path.read_text("utf-8"))["results"]["mini_dcscore"]
     assert reseeded["dcscore,none"] == exported["short"]["results"]["mini_dcscore"]["dcscore,none"]
     assert reseeded["dcscore_stderr,none"] != found
@@ -143,7 +136,7 @@ def test_stderr_is_the_bootstrap_sd_and_depends_only_on_the_run_and_seed(
 @pytest.fixture(scope="module")
 def csv_path(results: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("csv") / "samples.csv"
-    _cli("export", str(results), "--format", "csv", "--out", str(path))
+    run_cli("export", str(results), "--format", "csv", "--out", str(path))
     return path
 
 
@@ -268,9 +261,9 @@ def test_missing_runs_and_shards_are_refused(results: Path, tmp_path: Path):
 def test_several_sources_export_together_but_one_run_only_once(results: Path, tmp_path: Path):
     other = _copy(results, tmp_path, "detailed").parent.parent
     out = tmp_path / "two.csv"
-    _cli("export", str(results / "mini" / "short"), str(other), "--format", "csv", "--out", str(out))
+    run_cli("export", str(results / "mini" / "short"), str(other), "--format", "csv", "--out", str(out))
     assert set(read_csv(out).caption_set) == {"short", "detailed"}
-    _cli("export", str(results / "mini" / "short"), str(results), "--name", "short", "--format", "csv", "--out",
+    run_cli("export", str(results / "mini" / "short"), str(results), "--name", "short", "--format", "csv", "--out",
          str(out))  # fmt: skip
     assert set(read_csv(out).caption_set) == {"short"}
     clash = _copy(results, tmp_path / "again", "detailed").parent.parent
@@ -280,7 +273,7 @@ def test_several_sources_export_together_but_one_run_only_once(results: Path, tm
 def test_outputs_are_replaced_whole_and_the_same_twice(results: Path, csv_path: Path, tmp_path: Path):
     out = tmp_path / "again.csv"
     out.write_text("old")
-    _cli("export", str(results), "--format", "csv", "--out", str(out))
+    run_cli("export", str(results), "--format", "csv", "--out", str(out))
     assert out.read_bytes() == csv_path.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["again.csv"]
     one_line_error(_export(str(results), "--format", "csv", "--out", str(tmp_path)), "a folder", "file name")
@@ -298,6 +291,6 @@ def test_older_results_export_through_the_installed_metric(results: Path, export
             lines = [json.loads(x) for x in path.read_text("utf-8").splitlines()]
             path.write_text("".join(json.dumps({**x, "format": 1, "units": None}) + "\n" for x in lines), "utf-8")
     out = tmp_path / "old"
-    _cli("export", str(folder), "--format", "lmms-eval", "--out", str(out))
+    run_cli("export", str(folder), "--format", "lmms-eval", "--out", str(out))
     [path] = out.glob("short/*_results.json")
     assert json.loads(path.read_text("utf-8"))["results"] == exported["short"]["results"]

@@ -20,13 +20,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import ScriptedEngine, one_line_error
+from conftest import ScriptedEngine, one_line_error, run_cli
 from PIL import Image
 
 from capbench import engines
 from capbench.anchors import anchor
-from capbench.cli import main
 from capbench.data import load_benchmark
 from capbench.engines.base import Request, Response
 from capbench.inspector import ARENA, sample_value
@@ -69,13 +67,6 @@ class InspectJudge(ScriptedEngine):
         super().__init__(_reply, name=model)
 
 
-def _cli(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results folder: the three example sets scored by every metric, a hostile set, and arena battles."""
@@ -89,12 +80,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setitem(engines.ENGINES, "oracle", ("oracle_engine", "OracleEngine", "test engine"))
         patch.setitem(engines.ENGINES, "inspect", ("test_inspector", "InspectJudge", "test engine"))
         out = ["--results-dir", str(root), "--json"]
-        _cli("eval", "--example-captions", "--judge", "oracle:truth", "-m", "dcscore,balcap", *out)
-        _cli("eval", "--example-captions", "--judge", "inspect:j", "-m", "captionqa,caprl,arena", "--caprl-samples",
+        run_cli("eval", "--example-captions", "--judge", "oracle:truth", "-m", "dcscore,balcap", *out)
+        run_cli("eval", "--example-captions", "--judge", "inspect:j", "-m", "captionqa,caprl,arena", "--caprl-samples",
              "3", *out)  # fmt: skip
-        _cli("eval", "-c", str(hostile), "--name", "<b>hostile</b>", "--judge", "inspect:j", "-m", "dcscore,captionqa",
-             *out)  # fmt: skip
-        _cli("arena", "-c", str(EXAMPLES / "detailed.jsonl"), "-c", str(EXAMPLES / "short.jsonl"), "--judge",
+        run_cli("eval", "-c", str(hostile), "--name", "<b>hostile</b>", "--judge", "inspect:j",
+                "-m", "dcscore,captionqa", *out)  # fmt: skip
+        run_cli("arena", "-c", str(EXAMPLES / "detailed.jsonl"), "-c", str(EXAMPLES / "short.jsonl"), "--judge",
              "inspect:j", "--limit", "4", "--rounds", "100", *out)  # fmt: skip
     return root
 
@@ -105,7 +96,7 @@ def report(runs: Path) -> tuple[Path, str]:
     out = runs.parent / "report" / "inspect.html"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CAPBENCH_HOME", str(runs.parent / "home"))
-        result = _cli("inspect", str(runs), "--out", str(out))
+        result = run_cli("inspect", str(runs), "--out", str(out))
     assert f"wrote {out}" in result.output
     return out, out.read_text(encoding="utf-8")
 
@@ -278,7 +269,7 @@ def test_hostile_text_is_escaped_and_failures_keep_their_text(report: tuple[Path
 
 def test_limit_metric_and_names_narrow_the_report(runs: Path, tmp_path: Path, capbench_home: Path):
     out = tmp_path / "small.html"
-    _cli("inspect", str(runs / "mini" / "short"), str(runs / "mini" / "detailed"), "--out", str(out), "--limit", "2",
+    run_cli("inspect", str(runs / "mini" / "short"), str(runs / "mini" / "detailed"), "--out", str(out), "--limit", "2",
          "-m", "captionqa", "--no-images")  # fmt: skip
     html = out.read_text()
     assert _parse(html).tags.count("article") == 2
@@ -286,10 +277,10 @@ def test_limit_metric_and_names_narrow_the_report(runs: Path, tmp_path: Path, ca
     assert anchor("planted_errors", "captionqa") not in html
     assert "image not shown" in html and "data:image" not in html
     one_line_error(
-        _cli("inspect", str(runs), "--out", str(out), "-m", "bleu", ok=False), "no metric 'bleu'", "captionqa"
+        run_cli("inspect", str(runs), "--out", str(out), "-m", "bleu", ok=False), "no metric 'bleu'", "captionqa"
     )
-    one_line_error(_cli("inspect", str(runs), "--out", str(out), "--name", "gpt", ok=False), "no caption set 'gpt'")
-    one_line_error(_cli("inspect", str(tmp_path), "--out", str(out), ok=False), "no results in it")
+    one_line_error(run_cli("inspect", str(runs), "--out", str(out), "--name", "gpt", ok=False), "no caption set 'gpt'")
+    one_line_error(run_cli("inspect", str(tmp_path), "--out", str(out), ok=False), "no results in it")
 
 
 def test_images_are_embedded_thumbnails_or_named_placeholders(runs: Path, report: tuple[Path, str], tmp_path: Path):
@@ -302,7 +293,7 @@ def test_images_are_embedded_thumbnails_or_named_placeholders(runs: Path, report
     first, second = load_benchmark("mini", with_images=True).samples[:2]
     Path(first.image.path).write_bytes(b"not a png")
     out = tmp_path / "r.html"
-    _cli("inspect", str(runs / "mini" / "detailed"), "--out", str(out), "--limit", "2", "--thumbnail", "64")
+    run_cli("inspect", str(runs / "mini" / "detailed"), "--out", str(out), "--limit", "2", "--thumbnail", "64")
     page = out.read_text()
     assert f"image not found: {first.image.path}" in page
     [thumb] = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)" alt="image ([^"]+)"', page)
@@ -371,7 +362,7 @@ def test_the_page_sorts_and_filters_in_chromium(runs: Path, report: tuple[Path, 
 
 def test_an_arena_folder_alone_finds_its_captions_by_content(runs: Path, tmp_path: Path):
     out = tmp_path / "arena.html"
-    result = _cli("inspect", str(runs / "mini" / "_arena"), "--out", str(out), "--no-images")
+    result = run_cli("inspect", str(runs / "mini" / "_arena"), "--out", str(out), "--no-images")
     assert "caption sets detailed, short" in result.output and "4 arena battles" in result.output
     html = out.read_text()
     [battle] = [json.loads(line) for line in (runs / "mini" / "_arena" / "battles.jsonl").read_text().splitlines()][:1]

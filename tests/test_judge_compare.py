@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import ScriptedEngine, prefers_longer
+from conftest import ScriptedEngine, prefers_longer, run_cli
 from scipy import stats
 
 from capbench import engines
-from capbench.cli import main
 from capbench.errors import InputError
 from capbench.judge_compare import compare_judges
 from capbench.judge_stats import cohen_kappa, rank_correlation, weighted_correlations
@@ -25,19 +23,12 @@ SETS = ["alpha", "bravo", "charlie", "delta"]
 TIE = '{"reason": "r", "judgment": "Tie"}'
 
 
-def _cli(*args: str, ok: bool = True):
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
 def _strict(constant: str) -> None:
     raise AssertionError(f"{constant} in the JSON report: undefined numbers must be null")
 
 
 def _compare(old: Path, new: Path, *args: str) -> dict:
-    return json.loads(_cli("compare-judges", str(old), str(new), "--json", *args).output, parse_constant=_strict)
+    return json.loads(run_cli("compare-judges", str(old), str(new), "--json", *args).output, parse_constant=_strict)
 
 
 class LengthJudge(ScriptedEngine):
@@ -183,7 +174,7 @@ def test_an_all_tied_judge_has_no_correlation(tmp_path: Path):
         assert "every new judge's" in block["undefined"] and "is 50" in block["undefined"]
     assert m["ranking"]["kendall"] is None and m["samples"]["pearson"] is None
     assert m["calibration"]["fit"]["slope"] == pytest.approx(0.0) and m["calibration"]["fit"]["r"] is None
-    table = _cli("compare-judges", str(tmp_path / "old"), str(tmp_path / "new"), "--bootstrap", "50").output
+    table = run_cli("compare-judges", str(tmp_path / "old"), str(tmp_path / "new"), "--bootstrap", "50").output
     assert "ranking undefined: every new judge's headline is 50" in table
 
 
@@ -198,7 +189,7 @@ def test_partial_overlap_warns_with_counts_and_compares_the_shared_part(tmp_path
     old = _old_scores()
     new = {s: {i: v + 2 for i, v in list(values.items())[:20]} for s, values in old.items() if s != "delta"}
     new["echo"] = {"img00": 10.0}
-    result = _cli("compare-judges", str(tmp_path / "old"), str(tmp_path / "new"), ok=False)
+    result = run_cli("compare-judges", str(tmp_path / "old"), str(tmp_path / "new"), ok=False)
     assert result.exit_code == 1 and "no such results folder" in result.output  # nothing written yet
     old_dir, new_dir = _two_sides(tmp_path, old, new)
     report = _compare(old_dir, new_dir, "--bootstrap", "50")
@@ -210,7 +201,7 @@ def test_partial_overlap_warns_with_counts_and_compares_the_shared_part(tmp_path
     m = report["metrics"]["dcscore"]
     assert m["samples"]["n"] == 60 and m["images"] == 20
     assert m["calibration"]["shift"] == pytest.approx(2.0)
-    printed = _cli("compare-judges", str(old_dir), str(new_dir), "--bootstrap", "50")
+    printed = run_cli("compare-judges", str(old_dir), str(new_dir), "--bootstrap", "50")
     assert "warning: caption set(s) only in OLD: delta" in printed.output
 
 
@@ -240,7 +231,7 @@ def test_refusals_are_one_line_naming_the_fix(tmp_path: Path):
         ("d", "no caption set is in both: OLD has alpha, bravo, charlie, NEW has alpha-2"),
     ]  # fmt: skip
     for new, message in cases:
-        result = _cli("compare-judges", str(tmp_path / "a"), str(tmp_path / new), ok=False)
+        result = run_cli("compare-judges", str(tmp_path / "a"), str(tmp_path / new), ok=False)
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert re.search(message, result.output) and len(result.output.strip().splitlines()) == 1, result.output
     with pytest.raises(InputError, match="no results of benchmark 'nope'"):
@@ -252,7 +243,7 @@ def test_markdown_report_and_run_or_benchmark_folders(tmp_path: Path):
     new = {s: {i: v - 1 for i, v in values.items()} for s, values in old.items()}
     old_dir, new_dir = _two_sides(tmp_path, old, new)
     out = tmp_path / "report" / "judges.md"
-    _cli("compare-judges", str(old_dir), str(new_dir), "--bootstrap", "50", "--out", str(out))
+    run_cli("compare-judges", str(old_dir), str(new_dir), "--bootstrap", "50", "--out", str(out))
     text = out.read_text()
     assert text.startswith("# Judge comparison on synth") and "| dcscore | alpha | 30 |" in text
     assert "api:gpt-4o-2024-05-13" in text and "api:new-judge" in text and "-1.00 [-1.00, -1.00]" in text
@@ -280,7 +271,7 @@ def arena_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ("tied", f"scripted:{TIE}", []),
             ("replayed", f"replay:{cassette}", []),  # the retired judge, re-scored from its cassette
         ):
-            _cli("eval", "--example-captions", "-m", "arena", "--judge", judge, "--results-dir", str(root / folder),
+            run_cli("eval", "--example-captions", "-m", "arena", "--judge", judge, "--results-dir", str(root / folder),
                  "--json", *more)  # fmt: skip
     return root
 
@@ -334,5 +325,5 @@ def test_a_cassette_of_the_old_judge_rescores_into_comparable_results(arena_resu
     assert m["verdicts"]["n"] == 108 and m["verdicts"]["kappa"] == 1.0 and m["calibration"]["shift"] == 0.0
     [judges] = report["new"]["judges"]["arena"]
     assert judges["text"]["backend"] == "replay" and judges["text"]["of"]["model"] == "length-a"
-    table = _cli("compare-judges", str(arena_results / "old"), str(arena_results / "replayed"), "--bootstrap", "20")
+    table = run_cli("compare-judges", str(arena_results / "old"), str(arena_results / "replayed"), "--bootstrap", "20")
     assert "new judge text replay:length-a (replayed)" in table.output

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli
 
 from capbench import engines, plots
-from capbench.cli import main
 from capbench.leaderboard import (
     bootstrap,
     build_leaderboard,
@@ -36,16 +35,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "capbench" / "data" / "mini" / 
 MODELS = ["detailed", "planted_errors", "short"]
 
 
-def _cli(*args: str, ok: bool = True):
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
 def _board(root: Path, *args: str) -> dict:
     """Run the leaderboard with --json, writing nothing, and return its only board."""
-    out = json.loads(_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "", *args).output)
+    out = json.loads(run_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "", *args).output)
     [board] = out["boards"]
     return board
 
@@ -59,7 +51,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setitem(engines.ENGINES, "scripted", ("conftest", "FixedReplyEngine", "test engine"))
         patch.setitem(engines.ENGINES, "oracle", ("oracle_engine", "OracleEngine", "test engine"))
         for judge, metrics in (("oracle:truth", "dcscore,balcap"), ("scripted:A", "captionqa")):
-            _cli("eval", "--example-captions", "--judge", judge, "-m", metrics, "--results-dir", str(root), "--json")
+            run_cli("eval", "--example-captions", "--judge", judge, "-m", metrics, "--results-dir", str(root), "--json")
     return root
 
 
@@ -114,7 +106,7 @@ def test_sorting_respects_direction_and_any_column(results: Path):
     assert [r["model"] for r in _board(results, "--sort", "dcscore")["rows"]] == MODELS
     assert [r["model"] for r in _board(results, "--sort", "words")["rows"]] == ["planted_errors", "detailed", "short"]
     assert [r["model"] for r in _board(results, "--sort", "model")["rows"]] == MODELS
-    bad = _cli("leaderboard", str(results), "--sort", "nope", "--no-figures", ok=False)
+    bad = run_cli("leaderboard", str(results), "--sort", "nope", "--no-figures", ok=False)
     assert bad.exit_code == 1 and "no such column" in bad.output and "Traceback" not in bad.output
     board = build_leaderboard(load_results(results)).boards[0]
     board.infos["dcscore"] = replace(board.infos["dcscore"], higher_is_better=False)
@@ -148,14 +140,14 @@ def test_mixed_judges_are_flagged_not_compared(results: Path, tmp_path: Path, sc
     root = tmp_path / "results"
     shutil.copytree(results, root)
     short = ["--captions", str(EXAMPLES / "short.jsonl"), "--results-dir", str(root), "--json"]
-    _cli("eval", *short, "--judge", "scripted:B", "-m", "captionqa", "--overwrite")
+    run_cli("eval", *short, "--judge", "scripted:B", "-m", "captionqa", "--overwrite")
     board = _board(root, "--baseline", "detailed")
     assert board["metrics"]["captionqa"]["mixed_groups"] == {"detailed": "A", "planted_errors": "A", "short": "B"}
     assert board["metrics"]["dcscore"]["mixed_groups"] == {}
     rows = {r["model"]: r for r in board["rows"]}
     assert rows["short"]["captionqa_diff"] is None and rows["short"]["dcscore_diff"] is not None
     assert any("MIXED" in n and "scripted:A" in n and "scripted:B" in n for n in board["notes"])
-    shown = _cli("leaderboard", str(root), "--baseline", "detailed", "--no-figures", "--out", str(tmp_path / "o"))
+    shown = run_cli("leaderboard", str(root), "--baseline", "detailed", "--no-figures", "--out", str(tmp_path / "o"))
     assert "†B" in shown.output and "†A" in shown.output and "n/c" in shown.output and "MIXED" in shown.output
     markdown = (tmp_path / "o" / "leaderboard.md").read_text()
     assert "†B" in markdown and "MIXED judges or protocols" in markdown
@@ -165,7 +157,7 @@ def test_mixed_judges_are_flagged_not_compared(results: Path, tmp_path: Path, sc
 def written(results: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The leaderboard's files (every format and the figures) and its --json report."""
     out = tmp_path_factory.mktemp("leaderboard")
-    report = json.loads(_cli("leaderboard", str(results), "--out", str(out), "--baseline", "short", "--json").output)
+    report = json.loads(run_cli("leaderboard", str(results), "--out", str(out), "--baseline", "short", "--json").output)
     return out, report
 
 
@@ -259,7 +251,7 @@ def _headers(out: Path) -> list[str]:
 
 
 def test_unreadable_results_are_reported_not_crashed(results: Path, tmp_path: Path):
-    empty = _cli("leaderboard", str(tmp_path / "nothing"), ok=False)
+    empty = run_cli("leaderboard", str(tmp_path / "nothing"), ok=False)
     assert empty.exit_code == 1 and "run `capbench eval` first" in empty.output
     root = tmp_path / "r"
     shutil.copytree(results, root, ignore=shutil.ignore_patterns("balcap.jsonl"))
@@ -271,7 +263,7 @@ def test_unreadable_results_are_reported_not_crashed(results: Path, tmp_path: Pa
     (root / "mini" / "detailed" / "nosuchmetric.jsonl").write_text(json.dumps(old_line) + "\n")
     with (root / "mini" / "detailed" / "dcscore.jsonl").open("a") as handle:
         handle.write('{"sample_id": "half-writ')
-    report = json.loads(_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "").output)
+    report = json.loads(run_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "").output)
     warnings = "\n".join(report["warnings"])
     assert "short/manifest.json: unreadable manifest" in warnings
     assert "install the package that provides metric 'nosuchmetric'" in warnings
@@ -279,7 +271,7 @@ def test_unreadable_results_are_reported_not_crashed(results: Path, tmp_path: Pa
     assert sorted(r["model"] for r in report["boards"][0]["rows"]) == ["detailed", "planted_errors"]
     with (root / "mini" / "detailed" / "dcscore.jsonl").open("a") as handle:
         handle.write("ing\nnot json\n")
-    broken = _cli("leaderboard", str(root), "--no-figures", ok=False)
+    broken = run_cli("leaderboard", str(root), "--no-figures", ok=False)
     assert broken.exit_code == 1 and "dcscore.jsonl:19: not valid JSON" in broken.output
     assert "Traceback" not in broken.output
 
@@ -288,18 +280,18 @@ def test_benchmarks_get_a_board_each(tmp_path: Path):
     _synthetic(tmp_path, "m1", {"a": 10.0, "b": 20.0}, benchmark="one")
     _synthetic(tmp_path, "m2", {"a": 30.0, "b": 40.0}, benchmark="one")
     _synthetic(tmp_path, "m1", {"a": 50.0, "b": 70.0}, benchmark="two")
-    report = json.loads(_cli("leaderboard", str(tmp_path), "--json", "--no-figures", "--formats", "").output)
+    report = json.loads(run_cli("leaderboard", str(tmp_path), "--json", "--no-figures", "--formats", "").output)
     assert [(b["benchmark"], [r["model"] for r in b["rows"]]) for b in report["boards"]] == [
         ("one", ["m2", "m1"]),
         ("two", ["m1"]),
     ]
     assert report["boards"][1]["rows"][0]["dcscore"] == pytest.approx(60.0)
     assert [r["model"] for r in _board(tmp_path, "--benchmark", "two")["rows"]] == ["m1"]
-    missing = _cli("leaderboard", str(tmp_path), "--benchmark", "three", ok=False)
+    missing = run_cli("leaderboard", str(tmp_path), "--benchmark", "three", ok=False)
     assert missing.exit_code == 1 and "it has: one, two" in missing.output
     nothing = tmp_path / "empty"
     nothing.mkdir()
-    assert "run `capbench eval` first" in _cli("leaderboard", str(nothing), ok=False).output
+    assert "run `capbench eval` first" in run_cli("leaderboard", str(nothing), ok=False).output
 
 
 def test_help_stays_light():
@@ -319,7 +311,7 @@ def test_every_format_escapes_a_caption_set_name(tmp_path: Path):
     data["caption_set"]["name"] = "<b>bold</b>|pipe & co"
     manifest.write_text(json.dumps(data))
     out = tmp_path / "board"
-    _cli("leaderboard", str(tmp_path), "--no-figures", "--out", str(out), "--formats", "md,html,tex")
+    run_cli("leaderboard", str(tmp_path), "--no-figures", "--out", str(out), "--formats", "md,html,tex")
     markdown = (out / "leaderboard.md").read_text()
     assert "&lt;b&gt;bold&lt;/b&gt;\\|pipe &amp; co" in markdown and "<b>" not in markdown
     assert "<b>" not in (out / "leaderboard.html").read_text()

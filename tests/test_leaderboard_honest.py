@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli
 from jsonschema import Draft202012Validator
 
 from capbench import engines
 from capbench.anchors import anchor
-from capbench.cli import main
 from capbench.metrics.base import headline
 from capbench.records import SampleScore
 from capbench.schemas import load_schema
@@ -35,15 +34,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "capbench" / "data" / "mini" / 
 FIRST_TWO = "2 of 18 images (document 0/2, natural 2/10, science 0/6)"
 
 
-def _cli(*args: str, ok: bool = True):
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
 def _report(root: Path, *args: str) -> dict:
-    report = json.loads(_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "", *args).output)
+    report = json.loads(run_cli("leaderboard", str(root), "--json", "--no-figures", "--formats", "", *args).output)
     assert list(Draft202012Validator(load_schema("leaderboard")).iter_errors(report)) == []
     return report
 
@@ -66,8 +58,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for judge, metrics in (("oracle:truth", "dcscore"), ("scripted:A", "captionqa")):
             common = ["--judge", judge, "-m", metrics, "--results-dir", str(root), "--json"]
             for name in ("short", "planted_errors"):
-                _cli("eval", "-c", str(EXAMPLES / f"{name}.jsonl"), *common)
-            _cli("eval", "-c", str(fast), "--limit", "2", *common)
+                run_cli("eval", "-c", str(EXAMPLES / f"{name}.jsonl"), *common)
+            run_cli("eval", "-c", str(fast), "--limit", "2", *common)
     return root
 
 
@@ -79,7 +71,7 @@ def test_a_partial_caption_file_warns_at_eval_naming_its_coverage(tmp_path: Path
     one.write_text((EXAMPLES / "planted_errors.jsonl").read_text().splitlines()[0] + "\n")
     args = ["eval", "-c", str(one), "--judge", "oracle:truth", "-m", "dcscore", "--results-dir", str(tmp_path / "r")]
     with pytest.warns(UserWarning) as caught:
-        _cli(*args, "--json")
+        run_cli(*args, "--json")
     [warning] = [str(w.message) for w in caught if "covers" in str(w.message)]
     assert warning.startswith("captions.jsonl covers 1 of 18 images of mini (document 0/2, natural 1/10, science 0/6)")
     assert "over those 1 only" in warning and "--limit 1" in warning
@@ -91,7 +83,7 @@ def test_a_partial_caption_file_warns_at_eval_naming_its_coverage(tmp_path: Path
     for extra in (["--limit", "1", "--overwrite"], ["-c", str(EXAMPLES / "short.jsonl")]):
         with warnings.catch_warnings(record=True) as quiet:
             warnings.simplefilter("always")
-            _cli(*([*args, *extra] if extra[0] != "-c" else [*args[:1], *extra, *args[3:]]), "--json")
+            run_cli(*([*args, *extra] if extra[0] != "-c" else [*args[:1], *extra, *args[3:]]), "--json")
         assert not [w for w in quiet if "covers" in str(w.message)], extra
 
 
@@ -111,7 +103,7 @@ def test_a_limit_run_is_flagged_and_never_ranked_among_full_runs(results: Path, 
     # Sorting by another column keeps the comparable rows first.
     assert _report(results, "--sort", "words")["boards"][0]["rows"][-1]["model"] == "fast"
     out = tmp_path / "board"
-    shown = _cli("leaderboard", str(results), "--no-figures", "--out", str(out), "--formats", "md,html,tex,csv")
+    shown = run_cli("leaderboard", str(results), "--no-figures", "--out", str(out), "--formats", "md,html,tex,csv")
     assert "fast ‡" in shown.output and "OTHER IMAGES" in shown.output
     markdown = (out / "leaderboard.md").read_text()
     assert "| fast ‡ |" in markdown and "| 2 of 18 |" in markdown and f"fast: {FIRST_TWO}" in markdown
@@ -174,7 +166,7 @@ def test_a_paired_difference_shows_its_n_and_gets_no_mark_below_min_pairs(tmp_pa
     assert two["dcscore_diff"] == pytest.approx(-8.95)
     assert two["dcscore"] - rows["base"]["dcscore"] != pytest.approx(-8.95, abs=0.5)
     out = tmp_path / "o"
-    _cli("leaderboard", str(tmp_path), "--baseline", "base", "--no-figures", "--out", str(out), "--formats", "md")
+    run_cli("leaderboard", str(tmp_path), "--baseline", "base", "--no-figures", "--out", str(out), "--formats", "md")
     markdown = (out / "leaderboard.md").read_text()
     assert "| -8.9 [-9.0, -8.9] n=2 |" in markdown and "] n=40 * |" in markdown
     assert "over at least 30 shared images" in markdown and "not the difference of the two displayed" in markdown
@@ -213,7 +205,7 @@ def test_arena_output_is_shown_as_its_own_ranking(tmp_path: Path, scripted_cli_e
     results = tmp_path / "results"
     argv = ["arena", "--example-captions", "-c", str(tagged), "--judge", f"scripted:{reply}", "--order", "single",
             "--rounds", "100", "--results-dir", str(results), "--json"]  # fmt: skip
-    written = json.loads(_cli(*argv).output)
+    written = json.loads(run_cli(*argv).output)
     report = _report(results)  # before: "no results; run `capbench eval` first"
     assert report["boards"] == [] and report["warnings"] == []
     [arena] = report["arenas"]
@@ -225,7 +217,7 @@ def test_arena_output_is_shown_as_its_own_ranking(tmp_path: Path, scripted_cli_e
     assert arena["battles"] == written["battles"] == 18 * 6 and arena["judge"] == written["judge"]
     assert len({r["rating"] for r in arena["rows"]}) > 1  # a real ranking, not all ties
     out = tmp_path / "board"
-    shown = _cli("leaderboard", str(results), "--out", str(out))  # every format, and figures (of no board)
+    shown = run_cli("leaderboard", str(results), "--out", str(out))  # every format, and figures (of no board)
     assert "mini: arena" in shown.output and "<b>bold<b>&|x" in shown.output
     markdown = (out / "leaderboard.md").read_text()
     assert "## mini: arena" in markdown and "&lt;b&gt;bold&lt;b&gt;&amp;\\|x" in markdown and "<b>" not in markdown
@@ -253,21 +245,23 @@ def test_per_domain_columns_show_captionqa_on_each_domain(results: Path, tmp_pat
         assert row["captionqa"] == pytest.approx(np.mean([v for v in shown if v is not None]))
     assert "captionqa_domain_natural" not in _rows(_report(results))["short"]
     out = tmp_path / "o"
-    _cli("leaderboard", str(results), "--per-domain", "--no-figures", "--out", str(out), "--formats", "md")
+    run_cli("leaderboard", str(results), "--per-domain", "--no-figures", "--out", str(out), "--formats", "md")
     assert "| captionqa: document | captionqa: natural | captionqa: science |" in (out / "leaderboard.md").read_text()
 
 
 def test_html_cells_link_to_the_inspector_report(results: Path, tmp_path: Path):
     out = tmp_path / "board"
     report = tmp_path / "inspect" / "report.html"
-    _cli("leaderboard", str(results), "--no-figures", "--out", str(out), "--formats", "html", "--inspect", str(report))
+    run_cli(
+        "leaderboard", str(results), "--no-figures", "--out", str(out), "--formats", "html", "--inspect", str(report)
+    )
     page = (out / "leaderboard.html").read_text()
     for model in ("short", "planted_errors", "fast"):
         for metric in ("captionqa", "dcscore"):
             assert f'href="../inspect/report.html#{anchor(model, metric)}"' in page
     assert page.count("<a href=") == 6
     url = "https://example.org/runs/report.html"
-    _cli("leaderboard", str(results), "--no-figures", "--out", str(out), "--formats", "html", "--inspect", url)
+    run_cli("leaderboard", str(results), "--no-figures", "--out", str(out), "--formats", "html", "--inspect", url)
     assert f'href="{url}#{anchor("fast", "dcscore")}"' in (out / "leaderboard.html").read_text()
     assert _report(results, "--inspect", url)["inspect"] == url
 
@@ -281,7 +275,7 @@ def test_flag_notes_and_figures_escape_names(tmp_path: Path):
     data["caption_set"]["name"] = name
     manifest.write_text(json.dumps(data))
     out = tmp_path / "board"
-    _cli("leaderboard", str(tmp_path), "--out", str(out), "--formats", "md,html,tex", "--baseline", "full")
+    run_cli("leaderboard", str(tmp_path), "--out", str(out), "--formats", "md,html,tex", "--baseline", "full")
     markdown = (out / "leaderboard.md").read_text()
     assert "&lt;b&gt;$x^$&lt;/b&gt;\\|y: 1 image" in markdown and "<b>" not in markdown  # the ‡ note
     assert "<b>" not in (out / "leaderboard.html").read_text()

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli
 from jsonschema import Draft202012Validator
 
 import capbench
 from capbench import engines
 from capbench import results as results_module
-from capbench.cli import main
 from capbench.leaderboard import leaderboard_report, load_results
 from capbench.records import RESERVED_METRIC_NAMES, RESULTS_FORMAT, MetricInfo
 from capbench.schemas import NAMES, load_schema
@@ -28,13 +27,6 @@ from capbench.schemas import NAMES, load_schema
 pytestmark = pytest.mark.cli
 
 MODELS = ["detailed", "planted_errors", "short"]
-
-
-def _cli(*args: str, ok: bool = True):
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, list(args), catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def _validator(name: str) -> Draft202012Validator:
@@ -54,7 +46,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setitem(engines.ENGINES, "scripted", ("conftest", "FixedReplyEngine", "test engine"))
         patch.setitem(engines.ENGINES, "oracle", ("oracle_engine", "OracleEngine", "test engine"))
         for judge, metrics in (("oracle:truth", "dcscore,balcap"), ("scripted:A", "captionqa,caprl,arena")):
-            _cli("eval", "--example-captions", "--judge", judge, "-m", metrics, "--results-dir", str(root), "--json")
+            run_cli("eval", "--example-captions", "--judge", judge, "-m", metrics, "--results-dir", str(root), "--json")
     return root
 
 
@@ -147,7 +139,7 @@ def test_report_matches_its_schema_and_the_cli(results: Path):
     assert dcscore["title"] == "DCScore" and dcscore["higher_is_better"] is True and dcscore["range"] == [0, 100]
     assert any(n.startswith("Metrics: captionqa = CaptionQA, points (0-100)") for n in board["notes"])
     args = ["leaderboard", str(results), "--json", "--no-figures", "--formats", "", "--baseline", "short"]
-    printed = json.loads(_cli(*args, "--rounds", "200").output)
+    printed = json.loads(run_cli(*args, "--rounds", "200").output)
     assert _errors("leaderboard", printed) == []
     printed.pop("timings"), report.pop("timings")
     assert printed == json.loads(json.dumps(report))
@@ -288,7 +280,7 @@ def test_older_results_of_a_metric_not_installed_are_left_out_saying_what_to_do(
     rows = {r["model"]: r for r in report["boards"][0]["rows"]}
     assert rows["old_tool"]["wordcount"] is None and rows["verbose"]["wordcount"] is not None
     # Printed too, not crashed.
-    shown = _cli("leaderboard", str(tmp_path), "--no-figures", "--formats", "")
+    shown = run_cli("leaderboard", str(tmp_path), "--no-figures", "--formats", "")
     assert "install the package that provides metric 'wordcount'" in " ".join(shown.output.split())
 
 
@@ -303,7 +295,7 @@ def test_a_metric_with_a_reserved_name_is_left_out_not_crashed(tmp_path: Path):
     [board] = report["boards"]
     assert list(board["metrics"]) == ["wordcount"]
     assert [(r["model"], r["wordcount"], r["words"]) for r in board["rows"]] == [("two", 40.0, 2.0), ("one", 15.0, 2.0)]
-    shown = _cli("leaderboard", str(tmp_path), "--no-figures", "--formats", "")
+    shown = run_cli("leaderboard", str(tmp_path), "--no-figures", "--formats", "")
     assert "reserved name" in shown.output
 
 

@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from click.testing import CliRunner
-from conftest import ScriptedEngine, kill_after_lines, one_line_error
+from conftest import ScriptedEngine, kill_after_lines, one_line_error, run_cli
 from jsonschema import Draft202012Validator
 
 import capbench
 from capbench import engines
 from capbench import runs as run_folders
-from capbench.cli import main
 from capbench.config import EvalConfig, Shard
 from capbench.engines.base import ImagePart, Response
 from capbench.errors import ConfigError, InputError
@@ -37,10 +35,7 @@ PASSES = [("oracle:truth", "dcscore,balcap"), ("scripted:A", "captionqa,caprl,ar
 
 
 def _cli(*args: str, ok: bool = True):
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+    return run_cli(*args, ok=ok, catch_exceptions=True)
 
 
 @pytest.fixture(autouse=True)
